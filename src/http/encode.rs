@@ -1,0 +1,310 @@
+//! Writing heads into reusable buffers: the request head that goes upstream (hop-by-hop fields
+//! removed, forwarding fields added), response heads forwarded to the client with the framing
+//! the proxy chose, responses the gateway makes itself, and chunk framing. Appends only: the
+//! caller owns and reuses the `Vec`, so nothing allocates once it has grown to size.
+
+use super::parse::{HeaderKind, RequestHead, ResponseHead, Span, Version};
+
+/// What the proxy decided about the request it forwards.
+#[derive(Debug, Clone, Copy)]
+pub struct Forward<'a> {
+    /// Origin-form target to send (after any prefix strip); `/` is sent if empty.
+    pub path: &'a [u8],
+    /// Host to send upstream (the client's, or the route's rewrite).
+    pub host: &'a [u8],
+    /// The client's address in text form, appended to X-Forwarded-For.
+    pub client_addr: &'a [u8],
+    /// `http` or `https`, sent as X-Forwarded-Proto.
+    pub proto: &'a [u8],
+    /// The request is a protocol upgrade the proxy will tunnel: keep Upgrade.
+    pub tunnel: bool,
+}
+
+/// Writes the request head to send upstream. Always HTTP/1.1, origin-form, one Host first.
+/// Drops hop-by-hop fields, Expect (the gateway answers 100-continue itself) and the client's
+/// X-Forwarded-Proto/-Host; appends the client to X-Forwarded-For and us to Via.
+pub fn request_head(out: &mut Vec<u8>, buf: &[u8], head: &RequestHead, fwd: &Forward<'_>) {
+    out.extend_from_slice(head.method_span.of(buf));
+    out.push(b' ');
+    if !fwd.path.starts_with(b"/") {
+        out.push(b'/');
+    }
+    out.extend_from_slice(fwd.path);
+    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    out.extend_from_slice(fwd.host);
+    out.extend_from_slice(b"\r\n");
+    for h in &head.fields.headers {
+        let keep = match h.kind {
+            HeaderKind::Other | HeaderKind::TransferEncoding => true,
+            HeaderKind::Upgrade => fwd.tunnel,
+            _ => false,
+        };
+        if keep {
+            field(out, buf, h.name, h.value.of(buf));
+        }
+    }
+    if let Some(n) = head.fields.content_length {
+        content_length(out, n);
+    }
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    joined(out, buf, head, HeaderKind::XForwardedFor, fwd.client_addr);
+    out.extend_from_slice(b"X-Forwarded-Proto: ");
+    out.extend_from_slice(fwd.proto);
+    out.extend_from_slice(b"\r\nX-Forwarded-Host: ");
+    out.extend_from_slice(head.host(buf));
+    out.extend_from_slice(b"\r\nVia: ");
+    let via = match head.version {
+        Version::Http10 => b"1.0 ringgate" as &[u8],
+        Version::Http11 => b"1.1 ringgate",
+    };
+    joined(out, buf, head, HeaderKind::Via, via);
+    if fwd.tunnel {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The values of every `kind` field of `head`, then `last`, comma-separated, and CRLF.
+fn joined(out: &mut Vec<u8>, buf: &[u8], head: &RequestHead, kind: HeaderKind, last: &[u8]) {
+    for h in head.fields.headers.iter().filter(|h| h.kind == kind) {
+        out.extend_from_slice(h.value.of(buf));
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(last);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How the proxy sends a response body to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyOut {
+    /// No body follows (HEAD, 1xx, 204, 304): Content-Length is passed on as the upstream
+    /// sent it, since it describes the representation.
+    None,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked (the upstream's own Transfer-Encoding, or added to keep the client connection
+    /// when the upstream reads to close).
+    Chunked,
+    /// Until the connection closes (HTTP/1.0 client of a chunked or close-delimited body).
+    UntilClose,
+}
+
+/// What the proxy decided about the response it forwards.
+#[derive(Debug, Clone, Copy)]
+pub struct Reply {
+    pub body: BodyOut,
+    /// The client connection stays open after this response.
+    pub keep_alive: bool,
+    /// The client spoke HTTP/1.0 (keep-alive must then be explicit).
+    pub client_version: Version,
+    /// A 101 that starts a tunnel: keep Upgrade and say `Connection: upgrade`.
+    pub tunnel: bool,
+}
+
+/// Writes the response head to send to the client: the upstream's status, reason and
+/// end-to-end fields, with the framing and connection fields of `reply`.
+pub fn response_head(out: &mut Vec<u8>, buf: &[u8], head: &ResponseHead, reply: &Reply) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    status_code(out, head.status);
+    out.push(b' ');
+    out.extend_from_slice(head.reason.of(buf));
+    out.extend_from_slice(b"\r\n");
+    let upstream_te = head.fields.transfer_encoding.present;
+    let pass_te = upstream_te && matches!(reply.body, BodyOut::Chunked | BodyOut::UntilClose);
+    for h in &head.fields.headers {
+        let keep = match h.kind {
+            HeaderKind::ContentLength => reply.body == BodyOut::None,
+            HeaderKind::TransferEncoding => pass_te,
+            HeaderKind::Upgrade => reply.tunnel,
+            kind => !kind.is_hop_by_hop(),
+        };
+        if keep {
+            field(out, buf, h.name, h.value.of(buf));
+        }
+    }
+    match reply.body {
+        BodyOut::Length(n) => content_length(out, n),
+        BodyOut::Chunked if !upstream_te => {
+            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n")
+        }
+        _ => {}
+    }
+    connection(out, reply.keep_alive, reply.client_version, reply.tunnel);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A response the gateway makes itself (errors, direct routes). `extra` fields are written as
+/// given; `head_only` leaves out the body but keeps its length (a HEAD request).
+pub struct Generated<'a> {
+    pub status: u16,
+    pub content_type: &'a [u8],
+    pub body: &'a [u8],
+    pub extra: &'a [(&'a [u8], &'a [u8])],
+    pub keep_alive: bool,
+    pub client_version: Version,
+    pub head_only: bool,
+}
+
+pub fn generated(out: &mut Vec<u8>, g: &Generated<'_>) {
+    generated_head(out, g, g.body.len());
+    if !g.head_only {
+        out.extend_from_slice(g.body);
+    }
+}
+
+/// The short error response for `status`, with `"404 Not Found\n"` as its body, closing the
+/// connection unless `keep_alive`.
+pub fn error(out: &mut Vec<u8>, status: u16, keep_alive: bool) {
+    let text = reason(status).as_bytes();
+    let g = Generated {
+        status,
+        content_type: b"text/plain",
+        body: text,
+        extra: &[],
+        keep_alive,
+        client_version: Version::Http11,
+        head_only: false,
+    };
+    // "NNN " + reason + "\n"
+    generated_head(out, &g, text.len() + 5);
+    status_code(out, status);
+    out.push(b' ');
+    out.extend_from_slice(text);
+    out.push(b'\n');
+}
+
+fn generated_head(out: &mut Vec<u8>, g: &Generated<'_>, body_len: usize) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    status_code(out, g.status);
+    out.push(b' ');
+    out.extend_from_slice(reason(g.status).as_bytes());
+    out.extend_from_slice(b"\r\nServer: ringgate\r\n");
+    for (name, value) in g.extra {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if body_len > 0 {
+        out.extend_from_slice(b"Content-Type: ");
+        out.extend_from_slice(g.content_type);
+        out.extend_from_slice(b"\r\n");
+    }
+    content_length(out, body_len as u64);
+    connection(out, g.keep_alive, g.client_version, false);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The head of a chunk of `len` bytes; the chunk's data and [`CHUNK_END`] follow.
+pub fn chunk_head(out: &mut Vec<u8>, len: usize) {
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    let mut n = len;
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Ends a chunk's data.
+pub const CHUNK_END: &[u8] = b"\r\n";
+
+/// The last chunk with an empty trailer section: ends a chunked body.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// The interim response a client that sent `Expect: 100-continue` waits for.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+fn field(out: &mut Vec<u8>, buf: &[u8], name: Span, value: &[u8]) {
+    out.extend_from_slice(name.of(buf));
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn content_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"Content-Length: ");
+    decimal(out, n);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn connection(out: &mut Vec<u8>, keep_alive: bool, client: Version, tunnel: bool) {
+    if tunnel {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+    } else if !keep_alive {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if client == Version::Http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+}
+
+fn status_code(out: &mut Vec<u8>, status: u16) {
+    // Parsed statuses are 100..=999; generated ones are ours.
+    let s = status.clamp(100, 999);
+    out.extend_from_slice(&[
+        b'0' + (s / 100) as u8,
+        b'0' + (s / 10 % 10) as u8,
+        b'0' + (s % 10) as u8,
+    ]);
+}
+
+/// Appends `n` in decimal.
+pub fn decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// The reason phrase we send with a status we generate (RFC 9110 §15).
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        206 => "Partial Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        417 => "Expectation Failed",
+        421 => "Misdirected Request",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
