@@ -38,35 +38,90 @@ pub(crate) fn is_tchar(b: u8) -> bool {
 
 /// Bytes of a Host value: `uri-host [":" port]` where uri-host is an IP-literal, IPv4 address
 /// or reg-name (unreserved, sub-delims, pct-encoded), RFC 3986 §3.2.2.
+static HOST: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b'%'
+                    | b':'
+                    | b'['
+                    | b']'
+            );
+        b += 1;
+    }
+    t
+};
+
 #[inline]
 pub(crate) fn is_host_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.'
-                | b'_'
-                | b'~'
-                | b'!'
-                | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-                | b'%'
-                | b':'
-                | b'['
-                | b']'
-        )
+    HOST[b as usize]
 }
 
 /// Index of the first byte at or after `pos` that is not a `tchar` (or `buf.len()`).
+///
+/// Field names are nearly always letters, digits and `-`: those are matched 16 at a time, and
+/// any other byte is looked up in the table.
 #[inline]
 pub(crate) fn skip_tchars(buf: &[u8], mut pos: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::{
+            _mm_and_si128, _mm_cmpeq_epi8, _mm_cmpgt_epi8, _mm_loadu_si128, _mm_movemask_epi8,
+            _mm_or_si128, _mm_set1_epi8,
+        };
+        while let Some(chunk) = buf.get(pos..pos + 16) {
+            // SAFETY: as in `skip_vchars`. Setting bit 0x20 folds A-Z onto a-z; signed compares
+            // leave every byte >= 0x80 out of both ranges.
+            let (simple, colon) = unsafe {
+                let x = _mm_loadu_si128(chunk.as_ptr().cast());
+                let lower = _mm_or_si128(x, _mm_set1_epi8(0x20));
+                let alpha = _mm_and_si128(
+                    _mm_cmpgt_epi8(lower, _mm_set1_epi8(b'a' as i8 - 1)),
+                    _mm_cmpgt_epi8(_mm_set1_epi8(b'z' as i8 + 1), lower),
+                );
+                let digit = _mm_and_si128(
+                    _mm_cmpgt_epi8(x, _mm_set1_epi8(b'0' as i8 - 1)),
+                    _mm_cmpgt_epi8(_mm_set1_epi8(b'9' as i8 + 1), x),
+                );
+                let dash = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'-' as i8));
+                let colon = _mm_cmpeq_epi8(x, _mm_set1_epi8(b':' as i8));
+                let simple = _mm_or_si128(_mm_or_si128(alpha, digit), dash);
+                (_mm_movemask_epi8(simple) as u32, _mm_movemask_epi8(colon) as u32)
+            };
+            let run = (!simple).trailing_zeros() as usize;
+            if run >= 16 {
+                pos += 16;
+                continue;
+            }
+            pos += run;
+            // The usual end of a name: settle it without another look at the byte.
+            if colon >> run & 1 == 1 {
+                return pos;
+            }
+            match buf.get(pos) {
+                Some(&b) if is_tchar(b) => pos += 1,
+                _ => return pos,
+            }
+        }
+    }
     while let Some(&b) = buf.get(pos) {
         if !is_tchar(b) {
             break;
@@ -83,23 +138,20 @@ pub(crate) fn skip_vchars(buf: &[u8], mut pos: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
     {
         use core::arch::x86_64::{
-            _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128,
+            __m128i, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_movemask_epi8, _mm_or_si128,
             _mm_set1_epi8,
         };
-        while let Some(chunk) = buf.get(pos..pos + 16) {
-            // SAFETY: `chunk` is 16 readable bytes and `loadu` has no alignment requirement;
-            // SSE2 is part of the x86_64 baseline. A signed compare below 0x21 also catches
-            // every byte >= 0x80, which reads as negative.
-            let mask = unsafe {
-                let x = _mm_loadu_si128(chunk.as_ptr().cast());
+        // A signed compare below 0x21 also catches every byte >= 0x80, which reads as negative.
+        let stops = |x: __m128i| {
+            // SAFETY: SSE2 is part of the x86_64 baseline; these touch registers only.
+            unsafe {
                 let low = _mm_cmplt_epi8(x, _mm_set1_epi8(0x21));
                 let del = _mm_cmpeq_epi8(x, _mm_set1_epi8(0x7f));
                 _mm_movemask_epi8(_mm_or_si128(low, del)) as u32
-            };
-            if mask != 0 {
-                return pos + mask.trailing_zeros() as usize;
             }
-            pos += 16;
+        };
+        if let Some(found) = simd_find(buf, &mut pos, stops) {
+            return found;
         }
     }
     while let Some(&b) = buf.get(pos) {
@@ -119,21 +171,20 @@ pub(crate) fn skip_field_vchars(buf: &[u8], mut pos: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
     {
         use core::arch::x86_64::{
-            _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
+            __m128i, _mm_cmpeq_epi8, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
             _mm_set1_epi8,
         };
-        while let Some(chunk) = buf.get(pos..pos + 16) {
-            // SAFETY: as in `skip_vchars`. `min(x, 0x1F) == x` holds exactly for x <= 0x1F.
-            let mask = unsafe {
-                let x = _mm_loadu_si128(chunk.as_ptr().cast());
+        // `min(x, 0x1F) == x` holds exactly for x <= 0x1F.
+        let stops = |x: __m128i| {
+            // SAFETY: SSE2 is part of the x86_64 baseline; these touch registers only.
+            unsafe {
                 let ctl = _mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(0x1f)), x);
                 let del = _mm_cmpeq_epi8(x, _mm_set1_epi8(0x7f));
                 _mm_movemask_epi8(_mm_or_si128(ctl, del)) as u32
-            };
-            if mask != 0 {
-                return pos + mask.trailing_zeros() as usize;
             }
-            pos += 16;
+        };
+        if let Some(found) = simd_find(buf, &mut pos, stops) {
+            return found;
         }
     }
     while let Some(&b) = buf.get(pos) {
@@ -143,6 +194,40 @@ pub(crate) fn skip_field_vchars(buf: &[u8], mut pos: usize) -> usize {
         pos += 1;
     }
     pos
+}
+
+/// Advances `pos` 32, then 16 bytes at a time while `stops` (a bit per byte of a 16-byte
+/// block) finds nothing; returns the first stop found, or `None` with `pos` at the last
+/// under-16-byte tail for the caller's byte loop.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn simd_find(
+    buf: &[u8],
+    pos: &mut usize,
+    stops: impl Fn(core::arch::x86_64::__m128i) -> u32,
+) -> Option<usize> {
+    use core::arch::x86_64::_mm_loadu_si128;
+    while let Some(chunk) = buf.get(*pos..*pos + 32) {
+        // SAFETY: `chunk` is 32 readable bytes; `loadu` has no alignment requirement.
+        let (a, b) = unsafe {
+            let p = chunk.as_ptr();
+            (_mm_loadu_si128(p.cast()), _mm_loadu_si128(p.add(16).cast()))
+        };
+        let mask = stops(a) | stops(b) << 16;
+        if mask != 0 {
+            return Some(*pos + mask.trailing_zeros() as usize);
+        }
+        *pos += 32;
+    }
+    if let Some(chunk) = buf.get(*pos..*pos + 16) {
+        // SAFETY: `chunk` is 16 readable bytes.
+        let mask = stops(unsafe { _mm_loadu_si128(chunk.as_ptr().cast()) });
+        if mask != 0 {
+            return Some(*pos + mask.trailing_zeros() as usize);
+        }
+        *pos += 16;
+    }
+    None
 }
 
 #[cfg(test)]

@@ -788,21 +788,18 @@ fn parse_fields(
     fields: &mut Fields,
 ) -> Result<usize, Stop> {
     loop {
-        match buf.get(pos) {
-            None => return Err(Stop::Partial),
-            Some(b'\r') => return expect_crlf(buf, pos, ParseError::BareLineEnding),
-            Some(b'\n') => return Err(ParseError::BareLineEnding.into()),
-            Some(b' ' | b'\t') => return Err(ParseError::ObsFold.into()),
-            Some(_) => {}
-        }
         let name_start = pos;
         pos = skip_tchars(buf, pos);
         match buf.get(pos) {
-            None => return Err(Stop::Partial),
             Some(b':') if pos > name_start => {}
-            Some(b' ' | b'\t') if pos > name_start => {
-                return Err(ParseError::WhitespaceBeforeColon.into())
+            None => return Err(Stop::Partial),
+            // Not a field line at all: the end of the head, or a broken line.
+            Some(b'\r') if pos == name_start => {
+                return expect_crlf(buf, pos, ParseError::BareLineEnding)
             }
+            Some(b'\n') if pos == name_start => return Err(ParseError::BareLineEnding.into()),
+            Some(b' ' | b'\t') if pos == name_start => return Err(ParseError::ObsFold.into()),
+            Some(b' ' | b'\t') => return Err(ParseError::WhitespaceBeforeColon.into()),
             Some(b'\r' | b'\n') => return Err(ParseError::MissingColon.into()),
             Some(_) => return Err(ParseError::InvalidHeaderName.into()),
         }
