@@ -73,9 +73,15 @@ fn ours_request(head: &mut RequestHead, raw: &[u8]) -> (usize, Framing, bool) {
 fn theirs_request(raw: &[u8]) -> (usize, Option<u64>, bool) {
     let mut slots = [httparse::EMPTY_HEADER; 100];
     let mut req = httparse::Request::new(&mut slots);
-    let Ok(httparse::Status::Complete(n)) = req.parse(raw) else { panic!() };
+    let Ok(httparse::Status::Complete(n)) = req.parse(raw) else {
+        panic!()
+    };
     let facts = oracle::httparse_facts(&req);
-    (n, facts.content_length, facts.chunked && !facts.close && facts.host.is_some())
+    (
+        n,
+        facts.content_length,
+        facts.chunked && !facts.close && facts.host.is_some(),
+    )
 }
 
 fn ours_response(head: &mut ResponseHead, raw: &[u8]) -> (usize, Framing, bool) {
@@ -90,15 +96,22 @@ fn ours_response(head: &mut ResponseHead, raw: &[u8]) -> (usize, Framing, bool) 
 fn theirs_response(raw: &[u8]) -> (usize, Option<u64>, bool) {
     let mut slots = [httparse::EMPTY_HEADER; 100];
     let mut res = httparse::Response::new(&mut slots);
-    let Ok(httparse::Status::Complete(n)) = res.parse(raw) else { panic!() };
+    let Ok(httparse::Status::Complete(n)) = res.parse(raw) else {
+        panic!()
+    };
     let (mut length, mut chunked, mut close) = (None, false, false);
     for h in res.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
-            length = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok());
+            length = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok());
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             chunked = h.value.trim_ascii().eq_ignore_ascii_case(b"chunked");
         } else if h.name.eq_ignore_ascii_case("connection") {
-            close |= h.value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            close |= h
+                .value
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
         }
     }
     let body = res.code.is_some_and(|c| c >= 200 && c != 204 && c != 304);
@@ -132,8 +145,12 @@ fn bench(c: &mut Criterion) {
 
 /// Criterion's median estimate (ns) for one benchmark, from the run that just finished.
 fn mean_ns(group: &str, id: &str) -> Option<f64> {
-    let path = format!("{}/target/criterion/{group}/{id}/new/estimates.json", env!("CARGO_MANIFEST_DIR"));
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    let path = format!(
+        "{}/target/criterion/{group}/{id}/new/estimates.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
     json["median"]["point_estimate"].as_f64()
 }
 
@@ -147,7 +164,8 @@ fn main() {
     println!("\n| head | bytes | ringgate ns | ringgate GB/s | httparse+extract ns | httparse+extract GB/s | ratio |");
     println!("|---|---|---|---|---|---|---|");
     for (name, raw) in CORPUS {
-        let (Some(ours), Some(theirs)) = (mean_ns(name, "ringgate"), mean_ns(name, "httparse")) else {
+        let (Some(ours), Some(theirs)) = (mean_ns(name, "ringgate"), mean_ns(name, "httparse"))
+        else {
             continue;
         };
         let gbps = |ns: f64| raw.len() as f64 / ns;

@@ -7,7 +7,9 @@ mod oracle;
 use proptest::prelude::*;
 use proptest::sample::select;
 
-const METHODS: &[&str] = &["GET", "POST", "HEAD", "OPTIONS", "CONNECT", "PATCH", "M-SEARCH", "G(T", ""];
+const METHODS: &[&str] = &[
+    "GET", "POST", "HEAD", "OPTIONS", "CONNECT", "PATCH", "M-SEARCH", "G(T", "",
+];
 const TARGETS: &[&str] = &[
     "/",
     "/v1/users?id=7&x=%20",
@@ -21,7 +23,9 @@ const TARGETS: &[&str] = &[
     "/a b",
     "ftp:/x",
 ];
-const VERSIONS: &[&str] = &["HTTP/1.1", "HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/1.x", "http/1.1"];
+const VERSIONS: &[&str] = &[
+    "HTTP/1.1", "HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/1.x", "http/1.1",
+];
 const NAMES: &[&str] = &[
     "Host",
     "host",
@@ -67,7 +71,12 @@ const VALUES: &[&str] = &[
 const ENDINGS: &[&str] = &["\r\n", "\r\n", "\r\n", "\r\n", "\n", " \r\n", "\r"];
 
 fn header() -> impl Strategy<Value = String> {
-    (select(NAMES), select(&[": ", ":", " : ", ":\t"][..]), select(VALUES), select(ENDINGS))
+    (
+        select(NAMES),
+        select(&[": ", ":", " : ", ":\t"][..]),
+        select(VALUES),
+        select(ENDINGS),
+    )
         .prop_map(|(n, sep, v, end)| format!("{n}{sep}{v}{end}"))
 }
 
@@ -126,7 +135,13 @@ fn the_oracle_sees_a_disagreement() {
     // ...and a bare LF in an otherwise valid head is explained too.
     oracle::check(b"GET / HTTP/1.1\nHost: a\n\n");
     let unexplained = std::panic::catch_unwind(|| {
-        oracle::assert_explained(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", ringgate::http::ParseError::ObsFold)
+        oracle::assert_explained(
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            ringgate::http::ParseError::ObsFold,
+        )
     });
-    assert!(unexplained.is_err(), "an error the input does not explain must fail the check");
+    assert!(
+        unexplained.is_err(),
+        "an error the input does not explain must fail the check"
+    );
 }

@@ -60,6 +60,12 @@ rejects! {
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \r\n\r\n" => InvalidTransferEncoding, 400;
     transfer_encoding_in_http10:
         b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n" => InvalidTransferEncoding, 400;
+    transfer_coding_with_junk_after_name:
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked x\r\n\r\n"
+        => InvalidTransferEncoding, 400;
+    chunked_with_parameter:
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked;q=1\r\n\r\n"
+        => InvalidTransferEncoding, 400;
     unknown_transfer_coding:
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: foo, chunked\r\n\r\n"
         => UnknownTransferCoding, 501;
@@ -210,7 +216,8 @@ fn exactly_max_headers_is_accepted() {
 
 #[test]
 fn every_prefix_of_a_valid_head_is_partial() {
-    let raw = b"\r\nPOST /a?b=c HTTP/1.1\r\nHost: a:80\r\nContent-Length: 3\r\nX-Tab: a\tb \r\n\r\n";
+    let raw =
+        b"\r\nPOST /a?b=c HTTP/1.1\r\nHost: a:80\r\nContent-Length: 3\r\nX-Tab: a\tb \r\n\r\n";
     for cut in 0..raw.len() {
         assert_eq!(parse(&raw[..cut]), Ok(Status::Partial), "cut at {cut}");
     }
@@ -234,7 +241,11 @@ Expect: 100-continue\r\nUpgrade: websocket\r\n\r\nbody...";
     assert!(head.keep_alive());
     assert!(head.fields.expect_continue);
     assert!(!head.wants_upgrade(), "Upgrade without Connection: upgrade");
-    let secret = head.fields.headers.iter().find(|h| h.name.of(raw) == b"X-Secret");
+    let secret = head
+        .fields
+        .headers
+        .iter()
+        .find(|h| h.name.of(raw) == b"X-Secret");
     assert!(secret.is_some_and(|h| h.kind.is_hop_by_hop()));
 }
 
@@ -242,13 +253,25 @@ Expect: 100-continue\r\nUpgrade: websocket\r\n\r\nbody...";
 fn target_forms() {
     let cases: [(&[u8], TargetForm); 4] = [
         (b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n", TargetForm::Origin),
-        (b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", TargetForm::Asterisk),
-        (b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n", TargetForm::Authority),
-        (b"GET https://a.example HTTP/1.1\r\nHost: a.example\r\n\r\n", TargetForm::Absolute),
+        (
+            b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+            TargetForm::Asterisk,
+        ),
+        (
+            b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n",
+            TargetForm::Authority,
+        ),
+        (
+            b"GET https://a.example HTTP/1.1\r\nHost: a.example\r\n\r\n",
+            TargetForm::Absolute,
+        ),
     ];
     for (raw, form) in cases {
         let mut head = RequestHead::new(&Limits::DEFAULT);
-        assert!(matches!(head.parse(raw, &Limits::DEFAULT), Ok(Status::Complete(_))));
+        assert!(matches!(
+            head.parse(raw, &Limits::DEFAULT),
+            Ok(Status::Complete(_))
+        ));
         assert_eq!(head.form, form);
     }
 }
@@ -257,10 +280,16 @@ fn target_forms() {
 fn http10_defaults_to_close_and_needs_no_host() {
     let mut head = RequestHead::new(&Limits::DEFAULT);
     let raw = b"GET / HTTP/1.0\r\n\r\n";
-    assert_eq!(head.parse(raw, &Limits::DEFAULT), Ok(Status::Complete(raw.len())));
+    assert_eq!(
+        head.parse(raw, &Limits::DEFAULT),
+        Ok(Status::Complete(raw.len()))
+    );
     assert!(!head.keep_alive());
     let raw = b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n";
-    assert_eq!(head.parse(raw, &Limits::DEFAULT), Ok(Status::Complete(raw.len())));
+    assert_eq!(
+        head.parse(raw, &Limits::DEFAULT),
+        Ok(Status::Complete(raw.len()))
+    );
     assert!(head.keep_alive());
 }
 
@@ -300,10 +329,22 @@ fn response_status_lines() {
     assert!(matches!(r, Ok(Status::Complete(_))));
     assert_eq!(head.status, 404);
     assert!(head.reason.is_empty());
-    assert_eq!(response(b"HTTP/1.1 20 OK\r\n\r\n").0, Err(ParseError::BadStatusLine));
-    assert_eq!(response(b"HTTP/1.1 2000 OK\r\n\r\n").0, Err(ParseError::BadStatusLine));
-    assert_eq!(response(b"HTTX/1.1 200 OK\r\n\r\n").0, Err(ParseError::BadStatusLine));
-    assert_eq!(response(b"HTTP/1.1 200 OK\n\r\n").0, Err(ParseError::BareLineEnding));
+    assert_eq!(
+        response(b"HTTP/1.1 20 OK\r\n\r\n").0,
+        Err(ParseError::BadStatusLine)
+    );
+    assert_eq!(
+        response(b"HTTP/1.1 2000 OK\r\n\r\n").0,
+        Err(ParseError::BadStatusLine)
+    );
+    assert_eq!(
+        response(b"HTTX/1.1 200 OK\r\n\r\n").0,
+        Err(ParseError::BadStatusLine)
+    );
+    assert_eq!(
+        response(b"HTTP/1.1 200 OK\n\r\n").0,
+        Err(ParseError::BareLineEnding)
+    );
     assert_eq!(
         response(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n").0,
         Err(ParseError::ContentLengthWithTransferEncoding)
@@ -349,7 +390,11 @@ fn chunked_body_in_every_split() {
     for step in 1..body.len() {
         let (data, r) = dechunk(body, step);
         assert_eq!(data, b"Wikipedia in\r\n\r\nchunks.", "step {step}");
-        assert_eq!(r, Ok(body.len() - 4), "step {step}: stops before the next request");
+        assert_eq!(
+            r,
+            Ok(body.len() - 4),
+            "step {step}: stops before the next request"
+        );
     }
 }
 
@@ -410,17 +455,24 @@ fn length_body_stops_at_its_end() {
     assert_eq!((d.consumed, d.data, d.done), (2, 0..2, true));
     assert!(dec.complete_at_close());
     let dec = BodyDecoder::new(Framing::Length(5), &Limits::DEFAULT);
-    assert!(!dec.complete_at_close(), "a close before the length is a truncation");
+    assert!(
+        !dec.complete_at_close(),
+        "a close before the length is a truncation"
+    );
 }
 
 #[test]
 fn forwarded_request_head() {
-    let raw = b"GET /v1/users?id=7 HTTP/1.1\r\nHost: api.example\r\nConnection: keep-alive, X-Hop\r\n\
+    let raw =
+        b"GET /v1/users?id=7 HTTP/1.1\r\nHost: api.example\r\nConnection: keep-alive, X-Hop\r\n\
 X-Hop: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nX-Forwarded-For: 10.0.0.1\r\n\
 X-Forwarded-Proto: https\r\nVia: 1.1 edge\r\nAccept: */*\r\nContent-Length: 0\r\nUpgrade: h2c\r\n\
 Expect: 100-continue\r\n\r\n";
     let mut head = RequestHead::new(&Limits::DEFAULT);
-    assert!(matches!(head.parse(raw, &Limits::DEFAULT), Ok(Status::Complete(_))));
+    assert!(matches!(
+        head.parse(raw, &Limits::DEFAULT),
+        Ok(Status::Complete(_))
+    ));
     let mut out = Vec::new();
     let fwd = encode::Forward {
         path: b"/users?id=7",
@@ -440,7 +492,8 @@ X-Forwarded-Host: api.example\r\nVia: 1.1 edge, 1.1 ringgate\r\n\r\n"
 
 #[test]
 fn forwarded_response_heads() {
-    let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\nX-A: 1\r\n\r\n";
+    let raw =
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\nX-A: 1\r\n\r\n";
     let (_, head) = response(raw);
     let mut out = Vec::new();
     let reply = encode::Reply {
@@ -450,7 +503,10 @@ fn forwarded_response_heads() {
         tunnel: false,
     };
     encode::response_head(&mut out, raw, &head, &reply);
-    assert_eq!(out, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n");
+    assert_eq!(
+        out,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n"
+    );
 
     // An HTTP/1.0 client gets the chunked body unframed, until close.
     out.clear();
@@ -461,7 +517,10 @@ fn forwarded_response_heads() {
         ..reply
     };
     encode::response_head(&mut out, raw, &head, &reply);
-    assert_eq!(out, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\nConnection: close\r\n\r\n");
+    assert_eq!(
+        out,
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nConnection: close\r\n\r\n"
+    );
 
     // A close-delimited upstream body is chunked for a keep-alive client.
     let raw = b"HTTP/1.0 200 OK\r\nX-A: 1\r\n\r\n";
@@ -482,15 +541,22 @@ fn forwarded_response_heads() {
 
 #[test]
 fn generated_error_responses() {
-    for status in [400u16, 404, 408, 413, 414, 429, 431, 501, 502, 503, 504, 505] {
+    for status in [
+        400u16, 404, 408, 413, 414, 429, 431, 501, 502, 503, 504, 505,
+    ] {
         let mut out = Vec::new();
         encode::error(&mut out, status, false);
         let (r, head) = response(&out);
-        let Ok(Status::Complete(n)) = r else { panic!("{status}: {r:?}") };
+        let Ok(Status::Complete(n)) = r else {
+            panic!("{status}: {r:?}")
+        };
         assert_eq!(head.status, status);
         assert!(!head.keep_alive());
         let body = &out[n..];
-        assert_eq!(head.framing(Method::Get), Framing::Length(body.len() as u64));
+        assert_eq!(
+            head.framing(Method::Get),
+            Framing::Length(body.len() as u64)
+        );
         assert!(body.starts_with(status.to_string().as_bytes()));
     }
 }

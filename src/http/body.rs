@@ -51,7 +51,9 @@ impl BodyDecoder {
     pub fn decode(&mut self, input: &[u8]) -> Result<Decoded, ParseError> {
         match self {
             BodyDecoder::Length { remaining } => {
-                let n = input.len().min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+                let n = input
+                    .len()
+                    .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
                 *remaining -= n as u64;
                 Ok(Decoded {
                     consumed: n,
@@ -86,14 +88,26 @@ impl BodyDecoder {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Hex digits of a chunk size.
-    Size { value: u64, digits: u8 },
+    Size {
+        value: u64,
+        digits: u8,
+    },
     /// Whitespace after the size: only `;` may follow (BWS before an extension).
-    SizeSpace { value: u64 },
+    SizeSpace {
+        value: u64,
+    },
     /// Inside a chunk extension, until CR.
-    Extension { value: u64, len: usize },
+    Extension {
+        value: u64,
+        len: usize,
+    },
     /// CR of the size line seen.
-    SizeLf { value: u64 },
-    Data { remaining: u64 },
+    SizeLf {
+        value: u64,
+    },
+    Data {
+        remaining: u64,
+    },
     DataCr,
     DataLf,
     /// At the start of a trailer line or of the final empty line.
@@ -101,7 +115,9 @@ enum State {
     TrailerName,
     TrailerValue,
     /// CR of a trailer line (`last`: of the final empty line) seen.
-    TrailerLf { last: bool },
+    TrailerLf {
+        last: bool,
+    },
     Done,
 }
 
@@ -119,7 +135,10 @@ pub struct ChunkedDecoder {
 impl ChunkedDecoder {
     pub fn new(limits: &Limits) -> ChunkedDecoder {
         ChunkedDecoder {
-            state: State::Size { value: 0, digits: 0 },
+            state: State::Size {
+                value: 0,
+                digits: 0,
+            },
             trailer_bytes: 0,
             max_ext: limits.max_chunk_ext,
             max_trailers: limits.max_trailers,
@@ -204,7 +223,10 @@ impl ChunkedDecoder {
             (SizeLf { .. }, _) => return Err(ParseError::BareLineEnding),
             (Data { remaining }, _) => Data { remaining },
             (DataCr, b'\r') => DataLf,
-            (DataLf, b'\n') => Size { value: 0, digits: 0 },
+            (DataLf, b'\n') => Size {
+                value: 0,
+                digits: 0,
+            },
             (DataCr | DataLf, _) => return Err(ParseError::InvalidChunkTerminator),
             (TrailerStart, b'\r') => TrailerLf { last: true },
             (TrailerStart | TrailerName, _) if is_tchar(b) => TrailerName,

@@ -104,7 +104,10 @@ pub(crate) fn skip_tchars(buf: &[u8], mut pos: usize) -> usize {
                 let dash = _mm_cmpeq_epi8(x, _mm_set1_epi8(b'-' as i8));
                 let colon = _mm_cmpeq_epi8(x, _mm_set1_epi8(b':' as i8));
                 let simple = _mm_or_si128(_mm_or_si128(alpha, digit), dash);
-                (_mm_movemask_epi8(simple) as u32, _mm_movemask_epi8(colon) as u32)
+                (
+                    _mm_movemask_epi8(simple) as u32,
+                    _mm_movemask_epi8(colon) as u32,
+                )
             };
             let run = (!simple).trailing_zeros() as usize;
             if run >= 16 {
@@ -138,8 +141,7 @@ pub(crate) fn skip_vchars(buf: &[u8], mut pos: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
     {
         use core::arch::x86_64::{
-            __m128i, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_movemask_epi8, _mm_or_si128,
-            _mm_set1_epi8,
+            __m128i, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
         };
         // A signed compare below 0x21 also catches every byte >= 0x80, which reads as negative.
         let stops = |x: __m128i| {
@@ -171,8 +173,7 @@ pub(crate) fn skip_field_vchars(buf: &[u8], mut pos: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
     {
         use core::arch::x86_64::{
-            __m128i, _mm_cmpeq_epi8, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
-            _mm_set1_epi8,
+            __m128i, _mm_cmpeq_epi8, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
         };
         // `min(x, 0x1F) == x` holds exactly for x <= 0x1F.
         let stops = |x: __m128i| {
@@ -241,7 +242,11 @@ mod tests {
                 let mut buf = vec![b'a'; 48];
                 buf[at] = b;
                 let vchar = (0x21..=0x7e).contains(&b);
-                assert_eq!(skip_vchars(&buf, 0), if vchar { 48 } else { at }, "{b:#x}@{at}");
+                assert_eq!(
+                    skip_vchars(&buf, 0),
+                    if vchar { 48 } else { at },
+                    "{b:#x}@{at}"
+                );
                 let field = !(b <= 0x1f || b == 0x7f);
                 assert_eq!(skip_field_vchars(&buf, 0), if field { 48 } else { at });
                 assert_eq!(skip_tchars(&buf, 0), if is_tchar(b) { 48 } else { at });

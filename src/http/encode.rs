@@ -109,8 +109,15 @@ pub fn response_head(out: &mut Vec<u8>, buf: &[u8], head: &ResponseHead, reply: 
     out.push(b' ');
     out.extend_from_slice(head.reason.of(buf));
     out.extend_from_slice(b"\r\n");
-    let upstream_te = head.fields.transfer_encoding.present;
-    let pass_te = upstream_te && matches!(reply.body, BodyOut::Chunked | BodyOut::UntilClose);
+    let te = head.fields.transfer_encoding;
+    // The upstream's codings travel with the body, except the chunking a close-delimited
+    // reply has undone; a body we chunk ourselves gets `chunked` added.
+    let pass_te = te.present
+        && match reply.body {
+            BodyOut::Chunked => true,
+            BodyOut::UntilClose => !te.is_chunked(),
+            BodyOut::None | BodyOut::Length(_) => false,
+        };
     for h in &head.fields.headers {
         let keep = match h.kind {
             HeaderKind::ContentLength => reply.body == BodyOut::None,
@@ -124,7 +131,7 @@ pub fn response_head(out: &mut Vec<u8>, buf: &[u8], head: &ResponseHead, reply: 
     }
     match reply.body {
         BodyOut::Length(n) => content_length(out, n),
-        BodyOut::Chunked if !upstream_te => {
+        BodyOut::Chunked if !te.is_chunked() => {
             out.extend_from_slice(b"Transfer-Encoding: chunked\r\n")
         }
         _ => {}
@@ -133,13 +140,14 @@ pub fn response_head(out: &mut Vec<u8>, buf: &[u8], head: &ResponseHead, reply: 
     out.extend_from_slice(b"\r\n");
 }
 
-/// A response the gateway makes itself (errors, direct routes). `extra` fields are written as
-/// given; `head_only` leaves out the body but keeps its length (a HEAD request).
+/// A response the gateway makes itself (errors, direct routes). `extra` holds whole field
+/// lines (`Name: value\r\n`), written as given; `head_only` leaves out the body but keeps its
+/// length (a HEAD request).
 pub struct Generated<'a> {
     pub status: u16,
     pub content_type: &'a [u8],
     pub body: &'a [u8],
-    pub extra: &'a [(&'a [u8], &'a [u8])],
+    pub extra: &'a [u8],
     pub keep_alive: bool,
     pub client_version: Version,
     pub head_only: bool,
@@ -152,24 +160,28 @@ pub fn generated(out: &mut Vec<u8>, g: &Generated<'_>) {
     }
 }
 
-/// The short error response for `status`, with `"404 Not Found\n"` as its body, closing the
-/// connection unless `keep_alive`.
+/// The short error response for `status`, closing the connection unless `keep_alive`.
 pub fn error(out: &mut Vec<u8>, status: u16, keep_alive: bool) {
     let text = reason(status).as_bytes();
     let g = Generated {
         status,
         content_type: b"text/plain",
         body: text,
-        extra: &[],
+        extra: b"",
         keep_alive,
         client_version: Version::Http11,
         head_only: false,
     };
-    // "NNN " + reason + "\n"
+    // The body `error_body` writes: "NNN " + reason + "\n".
     generated_head(out, &g, text.len() + 5);
+    error_body(out, status);
+}
+
+/// The body of a generated error: `"404 Not Found\n"`.
+pub fn error_body(out: &mut Vec<u8>, status: u16) {
     status_code(out, status);
     out.push(b' ');
-    out.extend_from_slice(text);
+    out.extend_from_slice(reason(status).as_bytes());
     out.push(b'\n');
 }
 
@@ -179,13 +191,8 @@ fn generated_head(out: &mut Vec<u8>, g: &Generated<'_>, body_len: usize) {
     out.push(b' ');
     out.extend_from_slice(reason(g.status).as_bytes());
     out.extend_from_slice(b"\r\nServer: ringgate\r\n");
-    for (name, value) in g.extra {
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    }
-    if body_len > 0 {
+    out.extend_from_slice(g.extra);
+    if body_len > 0 && !g.content_type.is_empty() {
         out.extend_from_slice(b"Content-Type: ");
         out.extend_from_slice(g.content_type);
         out.extend_from_slice(b"\r\n");

@@ -11,7 +11,7 @@
 //! empty line that ends the head has arrived.
 
 use super::body::Framing;
-use super::chars::{is_host_char, skip_field_vchars, skip_tchars, skip_vchars};
+use super::chars::{is_host_char, is_tchar, skip_field_vchars, skip_tchars, skip_vchars};
 use super::error::ParseError;
 use super::limits::Limits;
 
@@ -206,6 +206,8 @@ pub struct TransferCodings {
     pub chunked_last: bool,
     chunked_count: u8,
     unknown: bool,
+    /// An element that is not `token *(OWS ";" ...)`.
+    malformed: bool,
     codings: u8,
 }
 
@@ -214,38 +216,52 @@ impl TransferCodings {
         self.present = true;
         for element in value.split(|&b| b == b',') {
             let element = trim_ows(element);
-            // A coding's parameters follow `;` (RFC 9112 §7); the name is what matters here.
-            let name_len = element
-                .iter()
-                .position(|&b| matches!(b, b';' | b' ' | b'\t'))
-                .unwrap_or(element.len());
-            let name = element.get(..name_len).unwrap_or_default();
-            if name.is_empty() {
-                // Empty list elements are allowed (RFC 9110 §5.6.1); a bare parameter is not.
-                self.unknown |= !element.is_empty();
+            if element.is_empty() {
+                // Empty list elements are allowed (RFC 9110 §5.6.1).
                 continue;
             }
+            // transfer-coding = token *( OWS ";" OWS transfer-parameter ) (RFC 9112 §7)
+            let name_len = element
+                .iter()
+                .position(|&b| !is_tchar(b))
+                .unwrap_or(element.len());
+            let (name, params) = element.split_at(name_len);
+            let params = trim_ows(params);
             self.codings = self.codings.saturating_add(1);
-            if name.eq_ignore_ascii_case(b"chunked") {
+            if name.is_empty() || !(params.is_empty() || params.starts_with(b";")) {
+                self.malformed = true;
+            } else if name.eq_ignore_ascii_case(b"chunked") {
+                // chunked takes no parameters.
+                self.malformed |= !params.is_empty();
                 self.chunked_count = self.chunked_count.saturating_add(1);
                 self.chunked_last = true;
+                continue;
             } else {
-                self.chunked_last = false;
-                let known = [b"gzip" as &[u8], b"x-gzip", b"deflate", b"compress", b"x-compress"];
+                let known = [
+                    b"gzip" as &[u8],
+                    b"x-gzip",
+                    b"deflate",
+                    b"compress",
+                    b"x-compress",
+                ];
                 self.unknown |= !known.iter().any(|k| name.eq_ignore_ascii_case(k));
             }
+            self.chunked_last = false;
         }
     }
 
-    /// Chunked framing applies: `chunked` is the last coding and appears once.
+    /// Chunked framing applies: `chunked` is the last coding, appears once, and the list is
+    /// well-formed.
     pub fn is_chunked(&self) -> bool {
-        self.chunked_last && self.chunked_count == 1
+        self.chunked_last && self.chunked_count == 1 && !self.malformed
     }
 
-    /// RFC 9112 §6.1 for requests: unknown codings are 501, anything but a single final
-    /// `chunked` is 400.
+    /// RFC 9112 §6.1 for requests: malformed lists are 400, unknown codings 501, anything but
+    /// a single final `chunked` 400.
     fn check_request(&self) -> Result<(), ParseError> {
-        if self.unknown {
+        if self.malformed {
+            Err(ParseError::InvalidTransferEncoding)
+        } else if self.unknown {
             Err(ParseError::UnknownTransferCoding)
         } else if self.codings == 0 || !self.is_chunked() {
             Err(ParseError::InvalidTransferEncoding)
@@ -915,6 +931,8 @@ fn split_absolute(target: &[u8]) -> Option<(std::ops::Range<usize>, std::ops::Ra
     if rest.get(auth_len) == Some(&b'#') {
         return None;
     }
-    Some((auth_start..auth_start + auth_len, auth_start + auth_len..target.len()))
+    Some((
+        auth_start..auth_start + auth_len,
+        auth_start + auth_len..target.len(),
+    ))
 }
-

@@ -37,10 +37,16 @@ pub fn httparse_facts(req: &httparse::Request<'_, '_>) -> Facts {
         } else if name.eq_ignore_ascii_case(b"content-length") {
             // A list of identical values counts as one (RFC 9110 §8.6).
             let mut values = h.value.split(|&b| b == b',').map(|v| {
-                std::str::from_utf8(v).ok().and_then(|v| v.trim().parse::<u64>().ok())
+                std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
             });
             let first = values.next().flatten();
-            f.content_length = if values.all(|v| v == first) { first } else { None };
+            f.content_length = if values.all(|v| v == first) {
+                first
+            } else {
+                None
+            };
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             f.chunked = h
                 .value
@@ -90,7 +96,10 @@ pub fn check(input: &[u8]) {
     match (ours, theirs) {
         (Ok(Status::Complete(n)), Ok(httparse::Status::Complete(m))) => {
             assert_eq!(n, m, "head length: {:?}", show());
-            assert_eq!(Some(head.method_span.of(input)), req.method.map(str::as_bytes));
+            assert_eq!(
+                Some(head.method_span.of(input)),
+                req.method.map(str::as_bytes)
+            );
             assert_eq!(Some(head.target.of(input)), req.path.map(str::as_bytes));
             let version = match head.version {
                 Version::Http10 => 0,
@@ -103,10 +112,18 @@ pub fn check(input: &[u8]) {
                 .iter()
                 .map(|h| (h.name.of(input), h.value.of(input)))
                 .collect();
-            let theirs: Vec<(&[u8], &[u8])> =
-                req.headers.iter().map(|h| (h.name.as_bytes(), h.value)).collect();
+            let theirs: Vec<(&[u8], &[u8])> = req
+                .headers
+                .iter()
+                .map(|h| (h.name.as_bytes(), h.value))
+                .collect();
             assert_eq!(ours, theirs, "headers of {:?}", show());
-            assert_eq!(our_facts(&head, input), httparse_facts(&req), "{:?}", show());
+            assert_eq!(
+                our_facts(&head, input),
+                httparse_facts(&req),
+                "{:?}",
+                show()
+            );
         }
         (Ok(Status::Partial), Ok(httparse::Status::Partial)) | (Err(_), Err(_)) => {}
         (Err(e), Ok(_)) => assert_explained(input, e),
@@ -138,13 +155,22 @@ pub fn assert_explained(input: &[u8], e: ParseError) {
 fn breaks(e: ParseError, input: &[u8], req: Option<&httparse::Request<'_, '_>>) -> bool {
     let lines = || input.split(|&b| b == b'\n');
     let request_line = || {
-        let start = input.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(0);
+        let start = input
+            .iter()
+            .position(|&b| b != b'\r' && b != b'\n')
+            .unwrap_or(0);
         let line = &input[start..];
-        &line[..line.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(line.len())]
+        &line[..line
+            .iter()
+            .position(|&b| b == b'\r' || b == b'\n')
+            .unwrap_or(line.len())]
     };
     // The complete header lines seen so far (httparse may still be waiting for the rest).
     let headers = |name: &str| -> Vec<&[u8]> {
-        let body = input.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(0);
+        let body = input
+            .iter()
+            .position(|&b| b != b'\r' && b != b'\n')
+            .unwrap_or(0);
         let mut lines: Vec<&[u8]> = input[body..].split(|&b| b == b'\n').skip(1).collect();
         lines.pop(); // the last piece has no line feed yet
         lines
@@ -153,13 +179,21 @@ fn breaks(e: ParseError, input: &[u8], req: Option<&httparse::Request<'_, '_>>) 
             .take_while(|l| !l.is_empty())
             .filter_map(|l| {
                 let colon = l.iter().position(|&b| b == b':')?;
-                l[..colon].eq_ignore_ascii_case(name.as_bytes()).then(|| l[colon + 1..].trim_ascii())
+                l[..colon]
+                    .eq_ignore_ascii_case(name.as_bytes())
+                    .then(|| l[colon + 1..].trim_ascii())
             })
             .collect()
     };
-    let version = || request_line().rsplit(|&b| b == b' ').next().unwrap_or_default();
+    let version = || {
+        request_line()
+            .rsplit(|&b| b == b' ')
+            .next()
+            .unwrap_or_default()
+    };
     let host_chars = |v: &[u8]| {
-        v.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b))
+        v.iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b))
     };
     match e {
         ParseError::BareLineEnding => input.iter().enumerate().any(|(i, &b)| {
@@ -175,7 +209,9 @@ fn breaks(e: ParseError, input: &[u8], req: Option<&httparse::Request<'_, '_>>) 
             let target = parts.next().unwrap_or_default();
             !target_is_valid(method, target)
         }
-        ParseError::MissingHost => req.is_some() && version() == b"HTTP/1.1" && headers("host").is_empty(),
+        ParseError::MissingHost => {
+            req.is_some() && version() == b"HTTP/1.1" && headers("host").is_empty()
+        }
         ParseError::DuplicateHost => headers("host").len() > 1,
         ParseError::InvalidHost => headers("host").iter().any(|v| !host_chars(v)),
         ParseError::InvalidContentLength => {
@@ -184,7 +220,9 @@ fn breaks(e: ParseError, input: &[u8], req: Option<&httparse::Request<'_, '_>>) 
                 .flat_map(|v| v.split(|&b| b == b','))
                 .map(<[u8]>::trim_ascii)
                 .collect();
-            values.iter().any(|v| v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit))
+            values
+                .iter()
+                .any(|v| v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit))
                 || values.windows(2).any(|w| w[0] != w[1])
         }
         ParseError::ContentLengthWithTransferEncoding => {
@@ -194,31 +232,72 @@ fn breaks(e: ParseError, input: &[u8], req: Option<&httparse::Request<'_, '_>>) 
             let codings: Vec<Vec<u8>> = headers("transfer-encoding")
                 .into_iter()
                 .flat_map(|v| v.split(|&b| b == b','))
-                .map(|c| c.split(|&b| b == b';').next().unwrap_or_default().trim_ascii().to_ascii_lowercase())
+                .map(|c| {
+                    c.split(|&b| b == b';')
+                        .next()
+                        .unwrap_or_default()
+                        .trim_ascii()
+                        .to_ascii_lowercase()
+                })
                 .filter(|c| !c.is_empty())
                 .collect();
             let known = |c: &Vec<u8>| {
-                [&b"chunked"[..], b"gzip", b"x-gzip", b"deflate", b"compress", b"x-compress"].contains(&c.as_slice())
+                [
+                    &b"chunked"[..],
+                    b"gzip",
+                    b"x-gzip",
+                    b"deflate",
+                    b"compress",
+                    b"x-compress",
+                ]
+                .contains(&c.as_slice())
             };
             if e == ParseError::UnknownTransferCoding {
                 headers("transfer-encoding").iter().any(|v| {
                     v.split(|&b| b == b',').any(|c| {
                         let c = c.trim_ascii();
-                        !c.is_empty() && !known(&c.split(|&b| b == b';').next().unwrap_or_default().trim_ascii().to_ascii_lowercase())
+                        !c.is_empty()
+                            && !known(
+                                &c.split(|&b| b == b';')
+                                    .next()
+                                    .unwrap_or_default()
+                                    .trim_ascii()
+                                    .to_ascii_lowercase(),
+                            )
                     })
                 })
             } else {
-                codings.last().map(Vec::as_slice) != Some(b"chunked")
-                    || codings.iter().filter(|c| c.as_slice() == b"chunked").count() != 1
+                let tchar = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+                let malformed = headers("transfer-encoding").iter().any(|v| {
+                    v.split(|&b| b == b',')
+                        .map(<[u8]>::trim_ascii)
+                        .filter(|e| !e.is_empty())
+                        .any(|e| {
+                            let mut parts = e.splitn(2, |&b| b == b';');
+                            let name = parts.next().unwrap_or_default().trim_ascii();
+                            name.is_empty()
+                                || !name.iter().all(tchar)
+                                || (name.eq_ignore_ascii_case(b"chunked") && parts.next().is_some())
+                        })
+                });
+                malformed
+                    || codings.last().map(Vec::as_slice) != Some(b"chunked")
+                    || codings
+                        .iter()
+                        .filter(|c| c.as_slice() == b"chunked")
+                        .count()
+                        != 1
                     || version() == b"HTTP/1.0"
             }
         }
-        ParseError::InvalidHeaderValue => lines()
-            .skip(1)
-            .any(|l| l.iter().enumerate().any(|(i, &b)| {
+        ParseError::InvalidHeaderValue => lines().skip(1).any(|l| {
+            l.iter().enumerate().any(|(i, &b)| {
                 (b < 0x20 && b != b'\t' && !(b == b'\r' && i + 1 == l.len())) || b == 0x7f
-            })),
-        ParseError::ObsFold => lines().skip(1).any(|l| l.first().is_some_and(|&b| b == b' ' || b == b'\t')),
+            })
+        }),
+        ParseError::ObsFold => lines()
+            .skip(1)
+            .any(|l| l.first().is_some_and(|&b| b == b' ' || b == b'\t')),
         ParseError::WhitespaceBeforeColon => lines().skip(1).any(|l| {
             let name = &l[..l.iter().position(|&b| b == b':').unwrap_or(0)];
             name.last().is_some_and(|&b| b == b' ' || b == b'\t')
@@ -233,7 +312,11 @@ fn target_is_valid(method: &[u8], target: &[u8]) -> bool {
     if target.is_empty() || !target.iter().all(|&b| (0x21..=0x7e).contains(&b)) {
         return false;
     }
-    let host = |a: &[u8]| !a.is_empty() && !a.contains(&b'@') && !a.contains(&b'/') && !a.contains(&b'?') && !a.contains(&b'#');
+    let host = |a: &[u8]| {
+        !a.is_empty()
+            && a.iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b))
+    };
     if method == b"CONNECT" {
         return host(target) && target.contains(&b':');
     }
@@ -243,13 +326,19 @@ fn target_is_valid(method: &[u8], target: &[u8]) -> bool {
     if target == b"*" {
         return method == b"OPTIONS";
     }
-    let Some(sep) = target.windows(3).position(|w| w == b"://") else { return false };
+    let Some(sep) = target.windows(3).position(|w| w == b"://") else {
+        return false;
+    };
     let scheme = &target[..sep];
     let rest = &target[sep + 3..];
-    let authority = &rest[..rest.iter().position(|&b| b == b'/' || b == b'?' || b == b'#').unwrap_or(rest.len())];
+    let authority = &rest[..rest
+        .iter()
+        .position(|&b| b == b'/' || b == b'?' || b == b'#')
+        .unwrap_or(rest.len())];
     scheme.first().is_some_and(u8::is_ascii_alphabetic)
-        && scheme.iter().all(|&b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        && scheme
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
         && host(authority)
-        && authority.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b))
         && rest.get(authority.len()) != Some(&b'#')
 }
