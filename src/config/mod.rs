@@ -1,0 +1,295 @@
+//! The gateway's configuration: TOML text in, one immutable, fully validated [`Config`] out.
+//!
+//! `file` mirrors the TOML one to one (serde, unknown keys rejected); `validate` resolves
+//! defaults, parses durations, sizes and addresses, and checks what serde cannot (references
+//! between sections, duplicate routes). Every rejection names the origin, line, column and key
+//! path, so an operator can fix a reload without guessing. This module never touches sockets
+//! and never reads anything but the one file it is given.
+//!
+//! The key names are a public contract (see DESIGN.md, "Config contract"): extend, never rename.
+
+mod file;
+mod validate;
+
+use std::fmt::{self, Write as _};
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::http::Limits;
+
+/// The annotated default configuration, compiled in so that `ringgate run` works without a file.
+pub const EMBEDDED: &str = include_str!("../../config/ringgate.toml");
+
+/// The origin that errors in [`EMBEDDED`] are reported against.
+pub const EMBEDDED_ORIGIN: &str = "<embedded config/ringgate.toml>";
+
+/// A validated configuration. Building one is the only way to get one: every value in it has
+/// passed validation, so the code that consumes it does not re-check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub server: Server,
+    pub admin: Option<Admin>,
+    pub upstreams: Vec<Upstream>,
+    /// In file order; routing precedence does not depend on it (see `routing::RouteTable`).
+    pub routes: Vec<Route>,
+}
+
+/// `[server]`: the listeners and the workers that serve them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    /// One SO_REUSEPORT socket per worker per address; never empty.
+    pub listen: Vec<SocketAddr>,
+    pub workers: Workers,
+    /// Pin each worker thread to its own core.
+    pub pin: bool,
+    pub driver: Driver,
+    /// How long in-flight requests may run after a shutdown or reload before they are cut.
+    pub drain_timeout: Duration,
+    /// Open client connections per worker; further connections wait in the accept queue.
+    pub max_connections: usize,
+    /// A client must send a whole request head within this time (slowloris defence).
+    pub header_timeout: Duration,
+    /// Idle client keep-alive connections are closed after this time.
+    pub keepalive_timeout: Duration,
+    /// Request bodies larger than this get 413.
+    pub max_body: u64,
+    pub limits: Limits,
+}
+
+/// How many workers to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    /// One per available core.
+    Auto,
+    Count(NonZeroUsize),
+}
+
+/// Which monoio driver the workers run on. TOML spelling: `"auto"`, `"io_uring"`, `"epoll"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Driver {
+    /// Probe io_uring at start and fall back to epoll where it is unavailable or forbidden.
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+/// `[admin]`: the listener for /metrics, /healthz and /readyz.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    pub listen: SocketAddr,
+}
+
+/// `[upstreams.NAME]`: where proxied requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub name: String,
+    pub kind: UpstreamKind,
+    pub balance: Balance,
+    pub connect_timeout: Duration,
+    /// Longest wait for the next bytes of an upstream response.
+    pub read_timeout: Duration,
+    /// Lifetime of an idle pooled connection.
+    pub idle_timeout: Duration,
+    /// Idle pooled connections kept per target per worker.
+    pub max_idle: usize,
+    /// Requests sent on one upstream connection before it is retired; at least 1.
+    pub max_requests: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamKind {
+    /// `targets = ["127.0.0.1:9001", ...]`; never empty.
+    Targets(Vec<SocketAddr>),
+    /// `builtin = "echo"`: answered inside the gateway, no sockets.
+    Builtin(Builtin),
+}
+
+/// Upstreams implemented inside the gateway. TOML spelling: `"echo"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Builtin {
+    /// Answers with the request it received, as JSON.
+    Echo,
+}
+
+/// How requests are spread over an upstream's targets. TOML spelling: `"round_robin"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    RoundRobin,
+}
+
+/// `[[routes]]`: which requests a rule applies to and what it does with them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub host: HostMatch,
+    /// Starts with '/'.
+    pub path_prefix: String,
+    /// Uppercase; `None` allows every method.
+    pub methods: Option<Vec<String>>,
+    pub action: Action,
+}
+
+/// The Host a route applies to, lowercase, without port or trailing dot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostMatch {
+    /// No `host` key: any Host, including none.
+    Any,
+    Exact(String),
+    /// `"*.example.com"` is `Suffix(".example.com")`: any name ending in it, at any depth, but
+    /// not `example.com` itself.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Proxy {
+        /// Index into [`Config::upstreams`].
+        upstream: usize,
+        /// Remove `path_prefix` from the path before forwarding (keeping a leading '/').
+        strip_prefix: bool,
+        /// Send this Host upstream instead of the client's.
+        host_rewrite: Option<String>,
+    },
+    /// Answer directly, without an upstream.
+    Respond {
+        status: u16,
+        body: String,
+        /// In file order; never Content-Length or Transfer-Encoding (framing is the gateway's).
+        headers: Vec<(String, String)>,
+    },
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// `key` is the dotted key path (`routes[1].upstream`); it is empty only for TOML syntax
+    /// errors, where no key exists yet, and then it is left out of the message.
+    #[error("{origin}:{line}:{column}: {}{message}", KeyPrefix(key))]
+    Invalid {
+        origin: String,
+        /// 1-based.
+        line: usize,
+        /// 1-based, in characters.
+        column: usize,
+        key: String,
+        message: String,
+    },
+}
+
+/// Writes `key: ` for a non-empty key, so syntax errors read `file:3:7: message`.
+struct KeyPrefix<'a>(&'a str);
+
+impl fmt::Display for KeyPrefix<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            write!(f, "{}: ", self.0)
+        }
+    }
+}
+
+/// Parses and validates `text`; `origin` (a path, or [`EMBEDDED_ORIGIN`]) prefixes every error.
+pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let file = file::File::parse(text, origin)?;
+    validate::validate(file, text, origin)
+}
+
+/// Reads and validates the file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, &path.display().to_string())
+}
+
+impl Config {
+    /// A human-readable overview for `ringgate check` and the startup log: listeners, workers,
+    /// driver, routes with their targets, upstreams.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = self.write_summary(&mut out);
+        out
+    }
+
+    fn write_summary(&self, out: &mut String) -> fmt::Result {
+        let server = &self.server;
+        let listen: Vec<String> = server.listen.iter().map(ToString::to_string).collect();
+        writeln!(out, "listen:    {}", listen.join(", "))?;
+        let workers = match server.workers {
+            Workers::Auto => "auto (one per core)".to_string(),
+            Workers::Count(n) => n.to_string(),
+        };
+        let pin = if server.pin { "pinned" } else { "not pinned" };
+        writeln!(out, "workers:   {workers}, {pin}")?;
+        let driver = match server.driver {
+            Driver::Auto => "auto (io_uring, else epoll)",
+            Driver::IoUring => "io_uring",
+            Driver::Epoll => "epoll",
+        };
+        writeln!(out, "driver:    {driver}")?;
+        if let Some(admin) = &self.admin {
+            writeln!(out, "admin:     {}", admin.listen)?;
+        }
+        writeln!(out, "routes:")?;
+        for route in &self.routes {
+            let host = match &route.host {
+                HostMatch::Any => "(any host)".to_string(),
+                HostMatch::Exact(host) => host.clone(),
+                HostMatch::Suffix(suffix) => format!("*{suffix}"),
+            };
+            let methods = match &route.methods {
+                Some(methods) => methods.join(","),
+                None => "any".to_string(),
+            };
+            write!(out, "  {host} {} [{methods}] -> ", route.path_prefix)?;
+            match &route.action {
+                Action::Proxy {
+                    upstream,
+                    strip_prefix,
+                    host_rewrite,
+                } => {
+                    let name = self
+                        .upstreams
+                        .get(*upstream)
+                        .map_or("?", |u| u.name.as_str());
+                    write!(out, "upstream {name}")?;
+                    if *strip_prefix {
+                        write!(out, " (strip prefix)")?;
+                    }
+                    if let Some(host) = host_rewrite {
+                        write!(out, " (Host: {host})")?;
+                    }
+                    writeln!(out)?;
+                }
+                Action::Respond { status, .. } => writeln!(out, "respond {status}")?,
+            }
+        }
+        writeln!(out, "upstreams:")?;
+        for upstream in &self.upstreams {
+            match &upstream.kind {
+                UpstreamKind::Targets(targets) => {
+                    let targets: Vec<String> = targets.iter().map(ToString::to_string).collect();
+                    writeln!(out, "  {}: {}", upstream.name, targets.join(", "))?;
+                }
+                UpstreamKind::Builtin(Builtin::Echo) => {
+                    writeln!(out, "  {}: builtin echo", upstream.name)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,737 @@
+//! File structs to a typed [`Config`]: defaults filled in, units and addresses parsed, references
+//! resolved, and everything that would only fail later (at bind time, on the first request, or
+//! silently by shadowing another route) rejected now, with the position and key path of the
+//! value at fault. The first error found wins; sections are checked in file-contract order.
+
+use std::collections::HashMap;
+use std::net::{Ipv6Addr, SocketAddr};
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use toml::{Spanned, Value};
+
+use super::file::{
+    invalid, position, push_key, AdminFile, File, RespondFile, RouteFile, ServerFile, UpstreamFile,
+};
+use super::{
+    Action, Admin, Balance, Config, ConfigError, Driver, HostMatch, Route, Server, Upstream,
+    UpstreamKind, Workers,
+};
+use crate::http::Limits;
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const GIB: u64 = 1024 * MIB;
+
+/// Longest DNS name (RFC 1035 §2.3.4, without the trailing dot); the route table's lookup
+/// buffer is sized for it.
+const MAX_HOST: usize = 253;
+
+pub(crate) fn validate(file: File, text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let cx = Cx { text, origin };
+    let server = server(&cx, file.server)?;
+    let admin = file
+        .admin
+        .map(|admin| self::admin(&cx, admin))
+        .transpose()?;
+
+    // Upstreams in file order, so that summaries and indices follow what the operator wrote.
+    let mut named: Vec<(Spanned<String>, UpstreamFile)> = file.upstreams.into_iter().collect();
+    named.sort_by_key(|(name, _)| name.span().start);
+    let upstreams = named
+        .iter()
+        .map(|(name, upstream)| self::upstream(&cx, name, upstream))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let routes = routes(&cx, &file.routes, &upstreams)?;
+    Ok(Config {
+        server,
+        admin,
+        upstreams,
+        routes,
+    })
+}
+
+/// What every error needs besides its own offset, key and message.
+struct Cx<'a> {
+    text: &'a str,
+    origin: &'a str,
+}
+
+impl Cx<'_> {
+    fn error(
+        &self,
+        offset: usize,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        invalid(self.text, self.origin, offset, key.into(), message.into())
+    }
+
+    fn at<T>(
+        &self,
+        value: &Spanned<T>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        self.error(value.span().start, key, message)
+    }
+}
+
+fn server(cx: &Cx, file: Option<ServerFile>) -> Result<Server, ConfigError> {
+    let Some(file) = file else {
+        return Err(cx.error(
+            0,
+            "server",
+            "missing [server] section (it needs at least `listen`)",
+        ));
+    };
+    if file.listen.get_ref().is_empty() {
+        return Err(cx.at(&file.listen, "server.listen", "needs at least one address"));
+    }
+    let mut listen = Vec::with_capacity(file.listen.get_ref().len());
+    for (i, address) in file.listen.get_ref().iter().enumerate() {
+        let key = format!("server.listen[{i}]");
+        let addr = socket_addr(cx, address, &key)?;
+        if listen.contains(&addr) {
+            return Err(cx.at(address, key, format!("{addr} is listed twice")));
+        }
+        listen.push(addr);
+    }
+
+    let workers = match &file.workers {
+        None => Workers::Auto,
+        Some(value) => workers(value.get_ref()).ok_or_else(|| {
+            cx.at(
+                value,
+                "server.workers",
+                "must be \"auto\" or a number of at least 1",
+            )
+        })?,
+    };
+
+    let max_connections = match &file.max_connections {
+        None => 16_384,
+        Some(n) => positive(cx, n, "server.max_connections")?,
+    };
+
+    let defaults = Limits::DEFAULT;
+    let max_head = size(
+        cx,
+        file.max_head.as_ref(),
+        "server.max_head",
+        defaults.max_head as u64,
+    )?;
+    // Head offsets are 32-bit (`http::Span`).
+    if max_head == 0 || max_head > u64::from(u32::MAX) {
+        let at = file.max_head.as_ref().map_or(0, |v| v.span().start);
+        return Err(cx.error(
+            at,
+            "server.max_head",
+            "must be at least 1 byte and below 4GiB",
+        ));
+    }
+    // The request line is part of the head, so a longer limit could never apply; the defaults
+    // shrink to fit a small max_head instead of failing on a key the operator did not write.
+    let max_request_line = match &file.max_request_line {
+        None => (defaults.max_request_line as u64).min(max_head),
+        Some(value) => {
+            let n = size(cx, Some(value), "server.max_request_line", 0)?;
+            if n == 0 || n > max_head {
+                return Err(cx.at(
+                    value,
+                    "server.max_request_line",
+                    format!("must be at least 1 byte and at most max_head ({max_head} bytes), which includes it"),
+                ));
+            }
+            n
+        }
+    };
+    // Room for this many fields is reserved per connection; a field line takes at least four
+    // bytes ("a:\r\n"), so more than max_head / 4 could never arrive.
+    let most_headers = usize::try_from(max_head / 4).unwrap_or(usize::MAX);
+    let max_headers = match &file.max_headers {
+        None => defaults.max_headers.min(most_headers),
+        Some(n) => {
+            let count = positive(cx, n, "server.max_headers")?;
+            if count > most_headers {
+                return Err(cx.at(
+                    n,
+                    "server.max_headers",
+                    format!("must be at most max_head / 4 ({most_headers}): no more fields fit in the head"),
+                ));
+            }
+            count
+        }
+    };
+
+    Ok(Server {
+        listen,
+        workers,
+        pin: file.pin.unwrap_or(true),
+        driver: file.driver.unwrap_or(Driver::Auto),
+        drain_timeout: duration(
+            cx,
+            file.drain_timeout.as_ref(),
+            "server.drain_timeout",
+            Duration::from_secs(30),
+            Zero::Allowed,
+        )?,
+        max_connections,
+        header_timeout: duration(
+            cx,
+            file.header_timeout.as_ref(),
+            "server.header_timeout",
+            Duration::from_secs(10),
+            Zero::Rejected,
+        )?,
+        keepalive_timeout: duration(
+            cx,
+            file.keepalive_timeout.as_ref(),
+            "server.keepalive_timeout",
+            Duration::from_secs(60),
+            Zero::Rejected,
+        )?,
+        max_body: size(cx, file.max_body.as_ref(), "server.max_body", GIB)?,
+        limits: Limits {
+            // Lossless: both are at most max_head, which is below u32::MAX.
+            max_request_line: max_request_line as usize,
+            max_head: max_head as usize,
+            max_headers,
+            ..defaults
+        },
+    })
+}
+
+fn workers(value: &Value) -> Option<Workers> {
+    match value {
+        Value::String(s) if s == "auto" => Some(Workers::Auto),
+        Value::Integer(n) => usize::try_from(*n)
+            .ok()
+            .and_then(NonZeroUsize::new)
+            .map(Workers::Count),
+        _ => None,
+    }
+}
+
+fn admin(cx: &Cx, file: AdminFile) -> Result<Admin, ConfigError> {
+    Ok(Admin {
+        listen: socket_addr(cx, &file.listen, "admin.listen")?,
+    })
+}
+
+fn upstream(cx: &Cx, name: &Spanned<String>, file: &UpstreamFile) -> Result<Upstream, ConfigError> {
+    let mut key = String::from("upstreams");
+    push_key(&mut key, name.get_ref());
+    let field = |field: &str| format!("{key}.{field}");
+
+    let kind = match (&file.targets, &file.builtin) {
+        (Some(targets), None) => {
+            if targets.get_ref().is_empty() {
+                return Err(cx.at(
+                    targets,
+                    field("targets"),
+                    "needs at least one address (or use `builtin`)",
+                ));
+            }
+            let addrs = targets
+                .get_ref()
+                .iter()
+                .enumerate()
+                .map(|(i, target)| socket_addr(cx, target, &format!("{key}.targets[{i}]")))
+                .collect::<Result<Vec<_>, _>>()?;
+            UpstreamKind::Targets(addrs)
+        }
+        (None, Some(builtin)) => UpstreamKind::Builtin(*builtin.get_ref()),
+        (None, None) => {
+            return Err(cx.at(
+                name,
+                key,
+                "needs `targets = [\"host:port\", ...]` or `builtin = \"echo\"`",
+            ));
+        }
+        (Some(targets), Some(_)) => {
+            return Err(cx.at(
+                targets,
+                field("targets"),
+                "cannot be combined with `builtin`: an upstream is either remote or built in",
+            ));
+        }
+    };
+
+    let max_idle = match &file.max_idle {
+        None => 64,
+        Some(n) => usize::try_from(*n.get_ref())
+            .map_err(|_| cx.at(n, field("max_idle"), "must not be negative"))?,
+    };
+    let max_requests = match &file.max_requests {
+        None => 10_000,
+        Some(n) => u32::try_from(*n.get_ref())
+            .ok()
+            .filter(|&n| n >= 1)
+            .ok_or_else(|| {
+                cx.at(
+                    n,
+                    field("max_requests"),
+                    format!("must be between 1 and {}", u32::MAX),
+                )
+            })?,
+    };
+
+    Ok(Upstream {
+        name: name.get_ref().clone(),
+        kind,
+        balance: file.balance.unwrap_or(Balance::RoundRobin),
+        connect_timeout: duration(
+            cx,
+            file.connect_timeout.as_ref(),
+            &field("connect_timeout"),
+            Duration::from_secs(1),
+            Zero::Rejected,
+        )?,
+        read_timeout: duration(
+            cx,
+            file.read_timeout.as_ref(),
+            &field("read_timeout"),
+            Duration::from_secs(30),
+            Zero::Rejected,
+        )?,
+        idle_timeout: duration(
+            cx,
+            file.idle_timeout.as_ref(),
+            &field("idle_timeout"),
+            Duration::from_secs(60),
+            Zero::Rejected,
+        )?,
+        max_idle,
+        max_requests,
+    })
+}
+
+fn routes(
+    cx: &Cx,
+    files: &[Spanned<RouteFile>],
+    upstreams: &[Upstream],
+) -> Result<Vec<Route>, ConfigError> {
+    let by_name: HashMap<&str, usize> = upstreams
+        .iter()
+        .enumerate()
+        .map(|(i, upstream)| (upstream.name.as_str(), i))
+        .collect();
+    // Routes that an identical (host, path_prefix) already claims, to find duplicates.
+    let mut claimed: HashMap<(HostMatch, String), Vec<usize>> = HashMap::new();
+    let mut routes: Vec<Route> = Vec::with_capacity(files.len());
+
+    for (i, spanned) in files.iter().enumerate() {
+        let key = format!("routes[{i}]");
+        let route = self::route(cx, spanned, &key, &by_name)?;
+        let earlier = claimed
+            .entry((route.host.clone(), route.path_prefix.clone()))
+            .or_default();
+        if let Some(&other) = earlier
+            .iter()
+            .find(|&&j| methods_overlap(&routes[j].methods, &route.methods))
+        {
+            let (line, _) = position(cx.text, files[other].span().start);
+            return Err(cx.at(
+                spanned,
+                key,
+                format!("duplicates routes[{other}] (line {line}): same host and path_prefix, and their methods overlap"),
+            ));
+        }
+        earlier.push(i);
+        routes.push(route);
+    }
+    Ok(routes)
+}
+
+fn route(
+    cx: &Cx,
+    spanned: &Spanned<RouteFile>,
+    key: &str,
+    upstreams: &HashMap<&str, usize>,
+) -> Result<Route, ConfigError> {
+    let file = spanned.get_ref();
+    let field = |field: &str| format!("{key}.{field}");
+
+    let host = match &file.host {
+        None => HostMatch::Any,
+        Some(host) => {
+            host_match(host.get_ref()).map_err(|message| cx.at(host, field("host"), message))?
+        }
+    };
+
+    let prefix = file.path_prefix.get_ref();
+    if !prefix.starts_with('/') {
+        return Err(cx.at(
+            &file.path_prefix,
+            field("path_prefix"),
+            "must start with '/'",
+        ));
+    }
+    // A request target holds only visible ASCII; a prefix with anything else never matches.
+    if !prefix.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(cx.at(
+            &file.path_prefix,
+            field("path_prefix"),
+            "must be visible ASCII without spaces (percent-encode the rest)",
+        ));
+    }
+
+    let methods = match &file.methods {
+        None => None,
+        Some(list) => {
+            if list.get_ref().is_empty() {
+                return Err(cx.at(
+                    list,
+                    field("methods"),
+                    "must not be empty (leave `methods` out to allow every method)",
+                ));
+            }
+            let mut methods: Vec<String> = Vec::with_capacity(list.get_ref().len());
+            for (j, method) in list.get_ref().iter().enumerate() {
+                if !is_token(method.get_ref()) {
+                    return Err(cx.at(
+                        method,
+                        format!("{key}.methods[{j}]"),
+                        "is not a method name",
+                    ));
+                }
+                let method = method.get_ref().to_ascii_uppercase();
+                if !methods.contains(&method) {
+                    methods.push(method);
+                }
+            }
+            Some(methods)
+        }
+    };
+
+    let action = match (&file.upstream, &file.respond) {
+        (Some(name), None) => {
+            let Some(&upstream) = upstreams.get(name.get_ref().as_str()) else {
+                let mut known: Vec<&str> = upstreams.keys().copied().collect();
+                known.sort_unstable();
+                let known = if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                };
+                return Err(cx.at(
+                    name,
+                    field("upstream"),
+                    format!("no upstream named `{}` (defined: {known})", name.get_ref()),
+                ));
+            };
+            let host_rewrite = match &file.host_rewrite {
+                None => None,
+                Some(host) if is_authority(host.get_ref()) => Some(host.get_ref().clone()),
+                Some(host) => {
+                    return Err(cx.at(
+                        host,
+                        field("host_rewrite"),
+                        "must be a host name, optionally with :port",
+                    ))
+                }
+            };
+            Action::Proxy {
+                upstream,
+                strip_prefix: file.strip_prefix.as_ref().is_some_and(|s| *s.get_ref()),
+                host_rewrite,
+            }
+        }
+        (None, Some(respond)) => {
+            if let Some(strip) = &file.strip_prefix {
+                return Err(cx.at(
+                    strip,
+                    field("strip_prefix"),
+                    "only applies to routes with an `upstream`",
+                ));
+            }
+            if let Some(host) = &file.host_rewrite {
+                return Err(cx.at(
+                    host,
+                    field("host_rewrite"),
+                    "only applies to routes with an `upstream`",
+                ));
+            }
+            self::respond(cx, respond, &field("respond"))?
+        }
+        (Some(name), Some(_)) => {
+            return Err(cx.at(
+                name,
+                field("upstream"),
+                "cannot be combined with `respond`: a route either proxies or responds",
+            ));
+        }
+        (None, None) => {
+            return Err(cx.at(
+                spanned,
+                key,
+                "needs `upstream = \"name\"` or `respond = { status = ... }`",
+            ));
+        }
+    };
+
+    Ok(Route {
+        host,
+        path_prefix: prefix.clone(),
+        methods,
+        action,
+    })
+}
+
+fn respond(cx: &Cx, file: &RespondFile, key: &str) -> Result<Action, ConfigError> {
+    let status = u16::try_from(*file.status.get_ref())
+        .ok()
+        .filter(|status| (100..=599).contains(status))
+        .ok_or_else(|| {
+            cx.at(
+                &file.status,
+                format!("{key}.status"),
+                "must be between 100 and 599",
+            )
+        })?;
+    // RFC 9110 §6.4.1: these responses end at the head.
+    if !file.body.is_empty() && (status < 200 || status == 204 || status == 304) {
+        return Err(cx.at(
+            &file.status,
+            format!("{key}.body"),
+            format!("a {status} response cannot have a body"),
+        ));
+    }
+
+    let mut headers: Vec<(&Spanned<String>, &Spanned<String>)> = file.headers.iter().collect();
+    headers.sort_by_key(|(name, _)| name.span().start);
+    let mut out = Vec::with_capacity(headers.len());
+    for (name, value) in headers {
+        let mut key = format!("{key}.headers");
+        push_key(&mut key, name.get_ref());
+        if !is_token(name.get_ref()) {
+            return Err(cx.at(name, key, "is not a header name"));
+        }
+        if name.get_ref().eq_ignore_ascii_case("content-length")
+            || name.get_ref().eq_ignore_ascii_case("transfer-encoding")
+        {
+            return Err(cx.at(name, key, "is set by the gateway from `body`"));
+        }
+        // RFC 9110 §5.5; CR and LF here would let the config split the response.
+        let text = value.get_ref();
+        let clean = text.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+            && text.trim_matches([' ', '\t']) == text;
+        if !clean {
+            return Err(cx.at(
+                value,
+                key,
+                "must not hold control characters or leading or trailing whitespace",
+            ));
+        }
+        out.push((name.get_ref().clone(), text.clone()));
+    }
+
+    Ok(Action::Respond {
+        status,
+        body: file.body.clone(),
+        headers: out,
+    })
+}
+
+fn methods_overlap(a: &Option<Vec<String>>, b: &Option<Vec<String>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.iter().any(|m| b.contains(m)),
+        _ => true,
+    }
+}
+
+/// `"example.com"` → `Exact`, `"*.example.com"` → `Suffix(".example.com")`, lowercased, with a
+/// trailing dot dropped (the route table drops it from requests too).
+fn host_match(pattern: &str) -> Result<HostMatch, String> {
+    let lower = pattern.to_ascii_lowercase();
+    let name = lower.strip_suffix('.').unwrap_or(&lower);
+    if let Some(suffix) = name.strip_prefix("*.") {
+        if !is_dns_name(suffix) {
+            return Err(format!(
+                "`{pattern}`: the part after \"*.\" must be a host name"
+            ));
+        }
+        return Ok(HostMatch::Suffix(format!(".{suffix}")));
+    }
+    if name.contains('*') {
+        return Err(format!("`{pattern}`: a wildcard is only allowed as a whole first label, as in \"*.example.com\""));
+    }
+    if name.starts_with('[') {
+        let literal = name.strip_prefix('[').and_then(|n| n.strip_suffix(']'));
+        if literal.is_some_and(|ip| ip.parse::<Ipv6Addr>().is_ok()) {
+            return Ok(HostMatch::Exact(name.to_string()));
+        }
+        return Err(format!("`{pattern}` is not a bracketed IPv6 address"));
+    }
+    if let Some((_, port)) = name.rsplit_once(':') {
+        return Err(format!(
+            "`{pattern}`: host patterns match the name only; drop \":{port}\""
+        ));
+    }
+    if !is_dns_name(name) {
+        return Err(format!("`{pattern}` is not a host name"));
+    }
+    Ok(HostMatch::Exact(name.to_string()))
+}
+
+/// Lowercase letters, digits, '-' and '_' in non-empty labels of at most 63 bytes; IPv4
+/// addresses pass too.
+fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_HOST
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        })
+}
+
+/// What a Host header may carry: a name or IP literal with an optional port.
+fn is_authority(host: &str) -> bool {
+    !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b))
+}
+
+/// RFC 9110 §5.6.2 `token`: method and header names.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn socket_addr(cx: &Cx, value: &Spanned<String>, key: &str) -> Result<SocketAddr, ConfigError> {
+    value.get_ref().parse().map_err(|_| {
+        cx.at(
+            value,
+            key,
+            format!(
+                "`{}` is not an IP:port address such as \"127.0.0.1:8080\" or \"[::1]:8080\"",
+                value.get_ref()
+            ),
+        )
+    })
+}
+
+fn positive(cx: &Cx, n: &Spanned<i64>, key: &str) -> Result<usize, ConfigError> {
+    usize::try_from(*n.get_ref())
+        .ok()
+        .filter(|&n| n >= 1)
+        .ok_or_else(|| cx.at(n, key, "must be at least 1"))
+}
+
+/// Whether a zero duration makes sense for a key: a zero drain is "close at once", but a zero
+/// timeout would fail every request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Zero {
+    Allowed,
+    Rejected,
+}
+
+fn duration(
+    cx: &Cx,
+    value: Option<&Spanned<Value>>,
+    key: &str,
+    default: Duration,
+    zero: Zero,
+) -> Result<Duration, ConfigError> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    let parsed = match value.get_ref() {
+        Value::String(s) => parse_duration(s),
+        Value::Integer(n) => Err(format!("needs a unit: \"{n}s\", \"{n}ms\", ...")),
+        other => Err(format!(
+            "expected a duration such as \"30s\", found a {}",
+            other.type_str()
+        )),
+    };
+    match parsed {
+        Ok(d) if d.is_zero() && zero == Zero::Rejected => {
+            Err(cx.at(value, key, "must be longer than zero"))
+        }
+        Ok(d) => Ok(d),
+        Err(message) => Err(cx.at(value, key, message)),
+    }
+}
+
+fn size(
+    cx: &Cx,
+    value: Option<&Spanned<Value>>,
+    key: &str,
+    default: u64,
+) -> Result<u64, ConfigError> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    let parsed = match value.get_ref() {
+        Value::String(s) => parse_size(s),
+        Value::Integer(n) => u64::try_from(*n).map_err(|_| "must not be negative".to_string()),
+        other => Err(format!(
+            "expected a size such as \"16KiB\" or a number of bytes, found a {}",
+            other.type_str()
+        )),
+    };
+    parsed.map_err(|message| cx.at(value, key, message))
+}
+
+/// `"250ms"`, `"30s"`, `"5m"`, `"1h"`: a whole number and one unit.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (n, unit) = split_number(text, "a duration such as \"30s\"")?;
+    let millis = match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "" => return Err(format!("`{text}` needs a unit: ms, s, m or h")),
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown unit `{unit}` (use ms, s, m or h)"
+            ))
+        }
+    };
+    millis
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("`{text}` is too long"))
+}
+
+/// `"16KiB"`, `"256MiB"`, `"1GiB"`, `"512B"`: a whole number and one binary unit.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let (n, unit) = split_number(text, "a size such as \"16KiB\"")?;
+    let scale = match unit {
+        "B" => 1,
+        "KiB" => KIB,
+        "MiB" => MIB,
+        "GiB" => GIB,
+        "" => {
+            return Err(format!(
+                "`{text}` needs a unit: B, KiB, MiB or GiB (or write bytes as a plain number)"
+            ))
+        }
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown unit `{unit}` (sizes use B, KiB, MiB, GiB)"
+            ))
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+/// Leading decimal digits and the rest: `"30s"` → `(30, "s")`.
+fn split_number<'a>(text: &'a str, expected: &str) -> Result<(u64, &'a str), String> {
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return Err(format!("`{text}` is not {expected}"));
+    }
+    let (number, unit) = text.split_at(digits);
+    let n = number
+        .parse()
+        .map_err(|_| format!("`{text}`: the number is too large"))?;
+    Ok((n, unit))
+}

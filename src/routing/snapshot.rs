@@ -1,0 +1,98 @@
+//! The configuration workers serve from, swapped whole on reload: the control thread builds a
+//! [`Snapshot`] off the hot path and publishes it through the [`SharedSnapshot`]; each worker
+//! reads it through its own [`LocalSnapshot`], which costs one relaxed atomic load per check
+//! while nothing changed. A request loads the snapshot once and keeps it, so a reload never
+//! splits one request between two configurations.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::{ArcSwap, Cache};
+
+use super::RouteTable;
+use crate::config::Config;
+
+/// One published configuration with its compiled route table.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// 0 for the configuration started with, +1 per publish.
+    pub generation: u64,
+    pub config: Config,
+    /// Compiled from `config.routes`; its answers index that slice.
+    pub table: RouteTable,
+}
+
+impl Snapshot {
+    pub fn new(generation: u64, config: Config) -> Snapshot {
+        Snapshot {
+            generation,
+            table: RouteTable::new(&config.routes),
+            config,
+        }
+    }
+}
+
+/// Generation 0 of `config`.
+impl From<Config> for Snapshot {
+    fn from(config: Config) -> Snapshot {
+        Snapshot::new(0, config)
+    }
+}
+
+/// The current snapshot, shared by the control thread and every worker (through
+/// `Arc<SharedSnapshot>`).
+#[derive(Debug)]
+pub struct SharedSnapshot {
+    /// In its own `Arc` so that each worker's cache can own a reference to it.
+    current: Arc<ArcSwap<Snapshot>>,
+    /// Serialises publishers so that generations rise in the order snapshots are stored.
+    /// Control plane only: workers never touch it.
+    publishing: Mutex<()>,
+}
+
+impl SharedSnapshot {
+    /// Starts from `initial`: a [`Snapshot`], or a [`Config`] as generation 0.
+    pub fn new(initial: impl Into<Snapshot>) -> SharedSnapshot {
+        SharedSnapshot {
+            current: Arc::new(ArcSwap::from_pointee(initial.into())),
+            publishing: Mutex::new(()),
+        }
+    }
+
+    /// Builds `config`'s route table and makes it current; returns its generation. Requests in
+    /// flight finish on the snapshot they started with.
+    pub fn publish(&self, config: Config) -> u64 {
+        // The table is built before taking the lock: it is the slow part.
+        let mut next = Snapshot::new(0, config);
+        // The guarded value is `()`: a publisher that panicked left nothing inconsistent.
+        let _publishing = self
+            .publishing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        next.generation = self.current.load().generation + 1;
+        let generation = next.generation;
+        self.current.store(Arc::new(next));
+        generation
+    }
+
+    /// A per-worker reader.
+    pub fn handle(&self) -> LocalSnapshot {
+        LocalSnapshot {
+            cache: Cache::new(Arc::clone(&self.current)),
+        }
+    }
+}
+
+/// One worker's view of the [`SharedSnapshot`]. It holds the snapshot it last loaded, so an
+/// old snapshot is freed only once every worker has loaded a newer one.
+#[derive(Debug)]
+pub struct LocalSnapshot {
+    cache: Cache<Arc<ArcSwap<Snapshot>>, Arc<Snapshot>>,
+}
+
+impl LocalSnapshot {
+    /// The current snapshot: a cheap check of the shared pointer, and a full load only after
+    /// a publish.
+    pub fn load(&mut self) -> &Arc<Snapshot> {
+        self.cache.load()
+    }
+}
