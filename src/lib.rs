@@ -1,6 +1,25 @@
 //! ringgate: an HTTP/1.1 API gateway with one pinned, shared-nothing worker per core.
 //!
-//! Module map (dependencies point down the list):
-//! - [`http`]: the sans-io HTTP/1.1 codec (parse, body framing, encode, limits).
+//! Module map; dependencies point one way (`server → worker → proxy → {routing, upstream,
+//! http}`, everything → `error`), and the leaves (`http`, `config`, `routing`) never import
+//! monoio. The hot path starts at [`worker::conn::serve`].
+//!
+//! - [`http`]: the sans-io HTTP/1.1 codec (parse, body framing, encode, limits);
+//! - [`config`]: TOML file → validated, typed [`config::Config`];
+//! - [`routing`]: the immutable route table and the lock-free snapshot workers read;
+//! - [`upstream`]: per-worker pools, target choice, the built-in echo upstream;
+//! - [`proxy`]: the request pipeline; [`wire`]: a socket and its buffer;
+//! - [`worker`]: one runtime per core, accept loops, connections, drain;
+//! - [`server`]: binding, starting and stopping workers;
+//! - [`error`], [`metrics`]: failure classes and per-worker counters.
 
+pub mod config;
+pub mod error;
 pub mod http;
+pub mod metrics;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod upstream;
+pub mod wire;
+pub mod worker;

@@ -78,5 +78,8 @@ fn parsing_decoding_and_encoding_allocate_nothing_per_message() {
     }
     let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
     assert_eq!(messages, 10_000);
-    assert_eq!(allocations, 0, "{allocations} allocations for {messages} messages");
+    assert_eq!(
+        allocations, 0,
+        "{allocations} allocations for {messages} messages"
+    );
 }

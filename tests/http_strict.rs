@@ -58,6 +58,9 @@ rejects! {
         => InvalidTransferEncoding, 400;
     transfer_encoding_empty:
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \r\n\r\n" => InvalidTransferEncoding, 400;
+    transfer_encoding_line_without_coding:
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: ,\r\n\r\n"
+        => InvalidTransferEncoding, 400;
     transfer_encoding_in_http10:
         b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n" => InvalidTransferEncoding, 400;
     transfer_coding_with_junk_after_name:

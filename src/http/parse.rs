@@ -214,6 +214,9 @@ pub struct TransferCodings {
 impl TransferCodings {
     fn add(&mut self, value: &[u8]) {
         self.present = true;
+        // A Transfer-Encoding line without a coding is refused rather than read as nothing:
+        // recipients disagree about it, which is what smuggling feeds on.
+        self.malformed |= list_tokens(value).next().is_none();
         for element in value.split(|&b| b == b',') {
             let element = trim_ows(element);
             if element.is_empty() {

@@ -268,18 +268,22 @@ fn breaks(e: ParseError, input: &[u8], req: Option<&httparse::Request<'_, '_>>) 
                 })
             } else {
                 let tchar = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
-                let malformed = headers("transfer-encoding").iter().any(|v| {
-                    v.split(|&b| b == b',')
-                        .map(<[u8]>::trim_ascii)
-                        .filter(|e| !e.is_empty())
-                        .any(|e| {
-                            let mut parts = e.splitn(2, |&b| b == b';');
-                            let name = parts.next().unwrap_or_default().trim_ascii();
-                            name.is_empty()
-                                || !name.iter().all(tchar)
-                                || (name.eq_ignore_ascii_case(b"chunked") && parts.next().is_some())
-                        })
-                });
+                let malformed = headers("transfer-encoding")
+                    .iter()
+                    .any(|v| v.split(|&b| b == b',').all(|e| e.trim_ascii().is_empty()))
+                    || headers("transfer-encoding").iter().any(|v| {
+                        v.split(|&b| b == b',')
+                            .map(<[u8]>::trim_ascii)
+                            .filter(|e| !e.is_empty())
+                            .any(|e| {
+                                let mut parts = e.splitn(2, |&b| b == b';');
+                                let name = parts.next().unwrap_or_default().trim_ascii();
+                                name.is_empty()
+                                    || !name.iter().all(tchar)
+                                    || (name.eq_ignore_ascii_case(b"chunked")
+                                        && parts.next().is_some())
+                            })
+                    });
                 malformed
                     || codings.last().map(Vec::as_slice) != Some(b"chunked")
                     || codings

@@ -1,0 +1,85 @@
+//! Why an exchange failed, which side caused it, and what the client is told: the one place
+//! that maps failures to status codes and metric labels (pingora's "which side failed").
+
+use crate::http::ParseError;
+
+/// Who caused a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+    Internal,
+}
+
+/// A failed exchange. `Copy` and small: it travels up the pipeline and into counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("bad request: {0}")]
+    Request(ParseError),
+    #[error("request body larger than server.max_body")]
+    BodyTooLarge,
+    #[error("client sent no complete head within server.header_timeout")]
+    HeaderTimeout,
+    #[error("client closed the connection mid-request")]
+    ClientClosed,
+    #[error("no route for this host, path and method")]
+    NoRoute,
+    #[error("upstream refused the connection")]
+    UpstreamRefused,
+    #[error("upstream connect timed out")]
+    UpstreamConnectTimeout,
+    #[error("upstream did not answer within read_timeout")]
+    UpstreamTimeout,
+    #[error("upstream sent a malformed response: {0}")]
+    UpstreamProtocol(ParseError),
+    #[error("upstream closed the connection before the response ended")]
+    UpstreamClosed,
+    #[error("upstream i/o error")]
+    UpstreamIo,
+}
+
+impl Error {
+    pub fn side(self) -> Side {
+        match self {
+            Error::Request(_)
+            | Error::BodyTooLarge
+            | Error::HeaderTimeout
+            | Error::ClientClosed => Side::Client,
+            Error::NoRoute => Side::Internal,
+            _ => Side::Upstream,
+        }
+    }
+
+    /// The status the client gets (if the response has not started yet).
+    pub fn status(self) -> u16 {
+        match self {
+            Error::Request(e) => e.status(),
+            Error::BodyTooLarge => 413,
+            Error::HeaderTimeout => 408,
+            Error::ClientClosed => 400,
+            Error::NoRoute => 404,
+            Error::UpstreamConnectTimeout | Error::UpstreamTimeout => 504,
+            Error::UpstreamRefused
+            | Error::UpstreamProtocol(_)
+            | Error::UpstreamClosed
+            | Error::UpstreamIo => 502,
+        }
+    }
+
+    /// Low-cardinality label for counters and log lines.
+    pub fn label(self) -> &'static str {
+        match self {
+            Error::Request(e) => e.label(),
+            Error::BodyTooLarge => "body_too_large",
+            Error::HeaderTimeout => "header_timeout",
+            Error::ClientClosed => "client_closed",
+            Error::NoRoute => "no_route",
+            Error::UpstreamRefused => "upstream_refused",
+            Error::UpstreamConnectTimeout => "upstream_connect_timeout",
+            Error::UpstreamTimeout => "upstream_timeout",
+            Error::UpstreamProtocol(_) => "upstream_protocol",
+            Error::UpstreamClosed => "upstream_closed",
+            Error::UpstreamIo => "upstream_io",
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The `ringgate` binary: `run` (the default), `check`, `--version`. Signals are handled here:
+//! SIGTERM/SIGINT drain and exit, SIGHUP reloads the config file. anyhow lives only here.
+
+use std::io::IsTerminal;
+use std::mem::MaybeUninit;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ringgate::config::{self, Config};
+use ringgate::server::Server;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Where `run` looks for its config when none is given.
+const SYSTEM_CONFIG: &str = "/etc/ringgate/ringgate.toml";
+
+#[derive(Parser)]
+#[command(
+    name = "ringgate",
+    version,
+    about = "HTTP/1.1 API gateway: one pinned worker per core"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default). Config: --config, else /etc/ringgate/ringgate.toml if it
+    /// exists, else the embedded default.
+    Run {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file and print a summary, or the error with line, column and key.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RINGGATE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Check { config }) => check(&config),
+        Some(Command::Run { config }) => run(config),
+        None => run(None),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &Path) -> anyhow::Result<()> {
+    let config = config::load(path)?;
+    println!("{}: ok\n{}", path.display(), config.summary());
+    Ok(())
+}
+
+/// The config file to use (None: the embedded default) and the config itself.
+fn initial_config(path: Option<PathBuf>) -> anyhow::Result<(Option<PathBuf>, Config)> {
+    let path = path.or_else(|| {
+        Path::new(SYSTEM_CONFIG)
+            .exists()
+            .then(|| SYSTEM_CONFIG.into())
+    });
+    match path {
+        Some(path) => {
+            let config = config::load(&path)?;
+            Ok((Some(path), config))
+        }
+        None => Ok((
+            None,
+            config::parse(config::EMBEDDED, config::EMBEDDED_ORIGIN)?,
+        )),
+    }
+}
+
+fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let (path, config) = initial_config(path)?;
+    let origin = path
+        .as_deref()
+        .map_or(config::EMBEDDED_ORIGIN.to_owned(), |p| {
+            p.display().to_string()
+        });
+    let drain_timeout = config.server.drain_timeout;
+    // Blocked before the workers start, so they inherit the mask and only sigwait below sees
+    // these signals.
+    let signals = block_signals();
+    let server = Server::start(config).context("start-up failed")?;
+    for addr in &server.addrs {
+        tracing::info!("listening on {addr}");
+    }
+    tracing::info!(config = %origin, workers = server.drivers.len(), "ready");
+    loop {
+        match wait_for(&signals) {
+            libc::SIGHUP => reload(&server, path.as_deref()),
+            sig => {
+                tracing::info!(signal = sig, ?drain_timeout, "draining");
+                if server.shutdown(drain_timeout) {
+                    tracing::info!("stopped");
+                } else {
+                    tracing::warn!("drain_timeout passed with requests in flight; stopping anyway");
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn reload(server: &Server, path: Option<&Path>) {
+    let Some(path) = path else {
+        tracing::info!("reload: running on the embedded config; nothing to re-read");
+        return;
+    };
+    match config::load(path) {
+        Ok(config) => {
+            let generation = server.reload(config);
+            tracing::info!(config = %path.display(), generation, "reloaded");
+        }
+        Err(e) => {
+            let e = anyhow::Error::new(e);
+            tracing::error!("reload failed, keeping the running config: {e:#}");
+        }
+    }
+}
+
+fn block_signals() -> libc::sigset_t {
+    let mut set = MaybeUninit::<libc::sigset_t>::zeroed();
+    // SAFETY: `set` is a valid sigset_t to initialise; the calls only read and write it and
+    // this thread's signal mask.
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(set.as_mut_ptr(), sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut());
+        set.assume_init()
+    }
+}
+
+fn wait_for(set: &libc::sigset_t) -> libc::c_int {
+    let mut sig = 0;
+    // SAFETY: `set` was initialised by `block_signals`; `sig` is a valid out-pointer.
+    unsafe { libc::sigwait(set, &mut sig) };
+    sig
+}

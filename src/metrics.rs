@@ -1,0 +1,55 @@
+//! Per-worker counters: plain `Cell`s, never shared between threads; the control plane sums
+//! them when it asks (DESIGN.md principle 1). Every rejection is counted here under its label.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+
+/// One worker's counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub connections: Cell<u64>,
+    /// Connections closed at accept because the worker was at `server.max_connections`.
+    pub connections_refused: Cell<u64>,
+    pub requests: Cell<u64>,
+    /// Responses by status class: 1xx..5xx at index 1..5.
+    pub responses: [Cell<u64>; 6],
+    pub upstream_connects: Cell<u64>,
+    pub upstream_reused: Cell<u64>,
+    pub upstream_retries: Cell<u64>,
+    /// Failed exchanges by `Error::label`.
+    pub errors: RefCell<BTreeMap<&'static str, u64>>,
+}
+
+impl Metrics {
+    pub fn add(counter: &Cell<u64>) {
+        counter.set(counter.get() + 1);
+    }
+
+    pub fn response(&self, status: u16) {
+        if let Some(class) = self.responses.get(usize::from(status / 100)) {
+            Self::add(class);
+        }
+    }
+
+    pub fn error(&self, label: &'static str) {
+        *self.errors.borrow_mut().entry(label).or_default() += 1;
+    }
+
+    /// One line for the log when the worker stops.
+    pub fn summary(&self) -> String {
+        let classes: Vec<String> = (1..6)
+            .map(|c| format!("{c}xx={}", self.responses[c].get()))
+            .collect();
+        format!(
+            "connections={} refused={} requests={} {} upstream_connects={} upstream_reused={} retries={} errors={:?}",
+            self.connections.get(),
+            self.connections_refused.get(),
+            self.requests.get(),
+            classes.join(" "),
+            self.upstream_connects.get(),
+            self.upstream_reused.get(),
+            self.upstream_retries.get(),
+            self.errors.borrow()
+        )
+    }
+}

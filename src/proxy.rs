@@ -1,0 +1,750 @@
+//! THE pipeline, one request at a time on one client connection:
+//!
+//! `admit → route → policy → cache lookup → forward → cache store → respond → log`
+//!
+//! [`admit`] reads and parses the head under the header timeout; [`handle`] routes it and
+//! either answers directly (a `respond` route, the built-in echo upstream, an error) or
+//! forwards it: request head and body stream to a pooled upstream connection, the response
+//! streams back. Policy (auth, rate limits) and the cache phases come with their issues; they
+//! slot in between route and forward. Bodies are never held whole: they move through the
+//! connections' fixed buffers as they arrive.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+
+use crate::config::{Action, Builtin, Route, Upstream as UpstreamConfig, UpstreamKind};
+use crate::error::Error;
+use crate::http::encode::{self, BodyOut, Forward, Generated, Reply};
+use crate::http::{
+    BodyDecoder, Framing, HeadScan, Limits, Method, RequestHead, ResponseHead, Status, Version,
+};
+use crate::metrics::Metrics;
+use crate::upstream::echo;
+use crate::upstream::pool::Upstream;
+use crate::wire::Wire;
+use crate::worker::Worker;
+
+/// What the connection does after an exchange.
+pub enum Next {
+    KeepAlive,
+    Close,
+    /// The upstream switched protocols: splice the two connections together.
+    Tunnel(Wire),
+}
+
+/// Outcome of waiting for a request head.
+pub enum Admit {
+    /// A complete head is parsed into the `RequestHead`.
+    Head,
+    /// The client went away, stayed idle past the keep-alive timeout, or we are draining.
+    Closed,
+    /// The client broke a rule or took too long: answer with the error's status and close.
+    Reject(Error),
+}
+
+/// Per-connection scratch space, reused for every exchange on the connection.
+pub struct Scratch {
+    pub out: Vec<u8>,
+    pub chunk: Vec<u8>,
+    pub response: ResponseHead,
+}
+
+impl Scratch {
+    pub fn new(limits: &Limits) -> Scratch {
+        Scratch {
+            out: Vec::with_capacity(4096),
+            chunk: Vec::with_capacity(16 * 1024 + 32),
+            response: ResponseHead::new(limits),
+        }
+    }
+}
+
+/// Reads until `head` holds a complete request head. The first byte may take up to
+/// `keepalive` (an idle connection); from then on the whole head must arrive within
+/// `header_timeout`, or the client gets 408 (slowloris).
+pub async fn admit(
+    w: &Worker,
+    client: &mut Wire,
+    head: &mut RequestHead,
+    conn_id: u64,
+    limits: &Limits,
+    header_timeout: Duration,
+    keepalive: Duration,
+) -> Admit {
+    let mut scan = HeadScan::default();
+    let mut deadline: Option<Instant> = None;
+    let mut parse_now = true;
+    loop {
+        let data = client.data();
+        if !data.is_empty() {
+            let ready = parse_now
+                || scan.ready(data)
+                || data.len() >= limits.max_head
+                || (data.len() > limits.max_request_line && memchr::memchr(b'\n', data).is_none());
+            if ready {
+                match head.parse(data, limits) {
+                    Ok(Status::Complete(_)) => return Admit::Head,
+                    Ok(Status::Partial) => {}
+                    Err(e) => return Admit::Reject(Error::Request(e)),
+                }
+            }
+            parse_now = false;
+            if client.is_full() {
+                client.reserve(limits.max_head + 1);
+            }
+        }
+        // A timed-out read takes the buffered bytes with it (see `Wire::fill`); it ends the
+        // connection either way.
+        let idle = client.data().is_empty();
+        let read = if idle && deadline.is_none() {
+            if w.drain.is_draining() {
+                return Admit::Closed;
+            }
+            monoio::select! {
+                r = monoio::time::timeout(keepalive, client.fill()) => r,
+                _ = w.drain.started(conn_id) => return Admit::Closed,
+            }
+        } else {
+            let at = *deadline.get_or_insert_with(|| Instant::now() + header_timeout);
+            monoio::time::timeout_at(at.into(), client.fill()).await
+        };
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => return Admit::Closed,
+            Ok(Ok(_)) => {
+                deadline.get_or_insert_with(|| Instant::now() + header_timeout);
+            }
+            Err(_) if idle => return Admit::Closed,
+            Err(_) => return Admit::Reject(Error::HeaderTimeout),
+        }
+    }
+}
+
+/// Everything an exchange needs to know about its client connection.
+pub struct ClientSide<'a> {
+    pub wire: &'a mut Wire,
+    pub head: &'a RequestHead,
+    /// The client's IP in text form, for X-Forwarded-For.
+    pub addr: &'a [u8],
+}
+
+/// Routes the request whose head is parsed in `c.head` (its bytes still at the start of the
+/// client buffer) and answers it.
+pub async fn handle(w: &Worker, c: ClientSide<'_>, s: &mut Scratch) -> Next {
+    Metrics::add(&w.metrics.requests);
+    let snap = w.snapshot();
+    let server = &snap.config.server;
+    let head = c.head;
+    let buf = c.wire.data();
+    let path = head.path.of(buf);
+    let path_only = path.split(|&b| b == b'?').next().unwrap_or_default();
+    let route = snap
+        .table
+        .find(head.host(buf), path_only, head.method_span.of(buf))
+        .and_then(|i| snap.config.routes.get(i));
+    let keep_alive = head.keep_alive() && !w.drain.is_draining();
+    let Some(route) = route else {
+        return reject(w, c, s, Error::NoRoute, server.max_body).await;
+    };
+    match &route.action {
+        Action::Respond {
+            status,
+            body,
+            headers,
+        } => {
+            s.chunk.clear();
+            let mut content_type: &[u8] = b"text/plain; charset=utf-8";
+            for (name, value) in headers {
+                if name.eq_ignore_ascii_case("content-type") {
+                    content_type = b"";
+                }
+                for part in [name.as_bytes(), b": ", value.as_bytes(), b"\r\n"] {
+                    s.chunk.extend_from_slice(part);
+                }
+            }
+            let g = Generated {
+                status: *status,
+                content_type,
+                body: body.as_bytes(),
+                extra: &s.chunk,
+                keep_alive,
+                client_version: head.version,
+                head_only: head.method == Method::Head,
+            };
+            respond_generated(w, c, &mut s.out, &g, server.max_body).await
+        }
+        Action::Proxy {
+            upstream,
+            strip_prefix,
+            host_rewrite,
+        } => {
+            let Some(up) = snap.config.upstreams.get(*upstream) else {
+                return reject(w, c, s, Error::NoRoute, server.max_body).await;
+            };
+            let forward_path = match strip_prefix {
+                true => strip(path, route),
+                false => path,
+            };
+            let host = host_rewrite
+                .as_deref()
+                .map(str::as_bytes)
+                .unwrap_or(head.host(buf));
+            s.out.clear();
+            let fwd = Forward {
+                path: forward_path,
+                host,
+                client_addr: c.addr,
+                proto: b"http",
+                tunnel: head.wants_upgrade(),
+            };
+            encode::request_head(&mut s.out, buf, head, &fwd);
+            match &up.kind {
+                UpstreamKind::Builtin(Builtin::Echo) => echo_reply(w, c, s, keep_alive).await,
+                UpstreamKind::Targets(targets) => {
+                    let ctx = ForwardCtx {
+                        up,
+                        targets,
+                        keep_alive,
+                        max_body: server.max_body,
+                        client_timeout: server.keepalive_timeout,
+                        limits: server.limits,
+                    };
+                    forward(w, c, s, &ctx).await
+                }
+            }
+        }
+    }
+}
+
+/// The path with the route's prefix removed, keeping a leading `/`.
+fn strip<'b>(path: &'b [u8], route: &Route) -> &'b [u8] {
+    let prefix = route.path_prefix.trim_end_matches('/').as_bytes();
+    match path.strip_prefix(prefix) {
+        Some(rest) if rest.starts_with(b"/") || rest.starts_with(b"?") || rest.is_empty() => rest,
+        _ => path,
+    }
+}
+
+/// Answers with the error's status (counting and logging it); keeps the connection only if
+/// the request had no body to skip.
+pub async fn reject(
+    w: &Worker,
+    c: ClientSide<'_>,
+    s: &mut Scratch,
+    e: Error,
+    max_body: u64,
+) -> Next {
+    w.metrics.error(e.label());
+    tracing::info!(
+        worker = w.id,
+        status = e.status(),
+        reason = e.label(),
+        "request rejected"
+    );
+    let keep_alive = c.head.keep_alive() && !w.drain.is_draining();
+    s.chunk.clear();
+    encode::error_body(&mut s.chunk, e.status());
+    let g = Generated {
+        status: e.status(),
+        content_type: b"text/plain",
+        body: &s.chunk,
+        extra: b"",
+        keep_alive,
+        client_version: c.head.version,
+        head_only: c.head.method == Method::Head,
+    };
+    respond_generated(w, c, &mut s.out, &g, max_body).await
+}
+
+/// Skips the request body (small ones only), then writes a response the gateway made.
+async fn respond_generated(
+    w: &Worker,
+    c: ClientSide<'_>,
+    out: &mut Vec<u8>,
+    g: &Generated<'_>,
+    max_body: u64,
+) -> Next {
+    let framing = c.head.framing();
+    c.wire.consume(c.head.len);
+    let mut keep = g.keep_alive && skip_body(c.wire, framing, max_body.min(64 * 1024)).await;
+    out.clear();
+    encode::generated(
+        out,
+        &Generated {
+            keep_alive: keep,
+            ..*g
+        },
+    );
+    let (res, buf) = c.wire.send(std::mem::take(out)).await;
+    *out = buf;
+    w.metrics.response(g.status);
+    keep &= res.is_ok();
+    if keep {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    }
+}
+
+/// Reads and drops a request body of at most `limit` bytes; false if it could not (too big,
+/// malformed, or the client left), so the connection must close.
+async fn skip_body(client: &mut Wire, framing: Framing, limit: u64) -> bool {
+    if let Framing::Length(n) = framing {
+        if n > limit {
+            return false;
+        }
+    }
+    let mut dec = BodyDecoder::new(framing, &Limits::DEFAULT);
+    let mut seen = 0u64;
+    while !dec.is_done() {
+        if client.data().is_empty() && !matches!(client.fill().await, Ok(1..)) {
+            return false;
+        }
+        let Ok(d) = dec.decode(client.data()) else {
+            return false;
+        };
+        seen += d.data.len() as u64;
+        client.consume(d.consumed);
+        if seen > limit {
+            return false;
+        }
+    }
+    true
+}
+
+/// The built-in echo upstream: the forwarded head (already in `s.out`) as JSON.
+async fn echo_reply(w: &Worker, c: ClientSide<'_>, s: &mut Scratch, keep_alive: bool) -> Next {
+    let framing = c.head.framing();
+    c.wire.consume(c.head.len);
+    let mut body_bytes = 0u64;
+    let mut dec = BodyDecoder::new(framing, &Limits::DEFAULT);
+    while !dec.is_done() {
+        if c.wire.data().is_empty() && !matches!(c.wire.fill().await, Ok(1..)) {
+            return Next::Close;
+        }
+        let Ok(d) = dec.decode(c.wire.data()) else {
+            return Next::Close;
+        };
+        body_bytes += d.data.len() as u64;
+        c.wire.consume(d.consumed);
+    }
+    let limits = Limits::DEFAULT;
+    let mut forwarded = RequestHead::new(&limits);
+    let body = match forwarded.parse(&s.out, &limits) {
+        Ok(Status::Complete(_)) => echo::render(&s.out, &forwarded, body_bytes),
+        _ => b"{}\n".to_vec(),
+    };
+    let g = Generated {
+        status: 200,
+        content_type: b"application/json",
+        body: &body,
+        extra: b"",
+        keep_alive,
+        client_version: c.head.version,
+        head_only: c.head.method == Method::Head,
+    };
+    s.out.clear();
+    encode::generated(&mut s.out, &g);
+    let (res, buf) = c.wire.send(std::mem::take(&mut s.out)).await;
+    s.out = buf;
+    w.metrics.response(200);
+    if keep_alive && res.is_ok() {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    }
+}
+
+struct ForwardCtx<'a> {
+    up: &'a UpstreamConfig,
+    targets: &'a [SocketAddr],
+    keep_alive: bool,
+    max_body: u64,
+    client_timeout: Duration,
+    limits: Limits,
+}
+
+/// How one forwarding attempt failed.
+enum Failure {
+    /// Nothing reached the client yet: answer with this error.
+    Before(Error),
+    /// A reused connection turned out dead before any response byte: safe to try again if
+    /// the request may be repeated.
+    Stale,
+    /// The response had started (or the client failed): only closing is left.
+    After(Error),
+}
+
+/// Sends the request (head in `s.out`) upstream and relays the response.
+async fn forward(w: &Worker, c: ClientSide<'_>, s: &mut Scratch, ctx: &ForwardCtx<'_>) -> Next {
+    let head = c.head;
+    let framing = head.framing();
+    if let Framing::Length(n) = framing {
+        if n > ctx.max_body {
+            return reject(w, c, s, Error::BodyTooLarge, ctx.max_body).await;
+        }
+    }
+    let method = head.method;
+    let version = head.version;
+    let expect_continue = head.fields.expect_continue;
+    let tunnel = head.wants_upgrade();
+    // A request may go out twice only if repeating it is harmless and nothing of it but the
+    // head has left the client buffer.
+    let repeatable = method.is_idempotent() && framing == Framing::Length(0);
+    c.wire.consume(head.len);
+    let upstream_head = std::mem::take(&mut s.out);
+    let mut tried_fresh = false;
+    let result = loop {
+        let Some(target) = w.pool.pick(&ctx.up.name, ctx.targets) else {
+            break Err(Failure::Before(Error::UpstreamRefused));
+        };
+        let pooled = if tried_fresh {
+            None
+        } else {
+            w.pool.take(target, ctx.up.idle_timeout)
+        };
+        let mut conn = match pooled {
+            Some(conn) => {
+                Metrics::add(&w.metrics.upstream_reused);
+                conn
+            }
+            None => match connect(target, ctx.up.connect_timeout).await {
+                Ok(stream) => {
+                    Metrics::add(&w.metrics.upstream_connects);
+                    Upstream {
+                        wire: Wire::new(stream, 16 * 1024),
+                        target,
+                        requests: 0,
+                        reused: false,
+                    }
+                }
+                Err(e) => break Err(Failure::Before(e)),
+            },
+        };
+        let attempt = exchange(
+            w,
+            c.wire,
+            &mut conn,
+            &upstream_head,
+            s,
+            ctx,
+            Request {
+                method,
+                version,
+                framing,
+                expect_continue,
+                tunnel,
+            },
+        )
+        .await;
+        match attempt {
+            Err(Failure::Stale) if repeatable && !tried_fresh => {
+                Metrics::add(&w.metrics.upstream_retries);
+                tried_fresh = true;
+            }
+            // A second stale connection, or one that may not be repeated: a plain failure.
+            Err(Failure::Stale) => break Err(Failure::Before(Error::UpstreamClosed)),
+            Ok(Outcome::Reusable) => {
+                w.pool.put(conn, ctx.up.max_idle);
+                break Ok(None);
+            }
+            Ok(Outcome::Done) => break Ok(None),
+            Ok(Outcome::Tunnel) => break Ok(Some(conn.wire)),
+            Err(other) => break Err(other),
+        }
+    };
+    s.out = upstream_head;
+    match result {
+        Ok(Some(upstream)) => Next::Tunnel(upstream),
+        Ok(None) if ctx.keep_alive && !w.drain.is_draining() => Next::KeepAlive,
+        Ok(None) => Next::Close,
+        Err(Failure::Before(e)) => {
+            w.metrics.error(e.label());
+            tracing::warn!(worker = w.id, status = e.status(), reason = e.label(), upstream = %ctx.up.name, "upstream exchange failed");
+            s.out.clear();
+            encode::error(&mut s.out, e.status(), false);
+            let (_, buf) = c.wire.send(std::mem::take(&mut s.out)).await;
+            s.out = buf;
+            w.metrics.response(e.status());
+            Next::Close
+        }
+        Err(Failure::After(e)) => {
+            w.metrics.error(e.label());
+            tracing::warn!(worker = w.id, reason = e.label(), upstream = %ctx.up.name, "exchange aborted after the response started; closing");
+            Next::Close
+        }
+        Err(Failure::Stale) => Next::Close,
+    }
+}
+
+async fn connect(target: SocketAddr, timeout: Duration) -> Result<TcpStream, Error> {
+    match monoio::time::timeout(timeout, TcpStream::connect(target)).await {
+        Err(_) => Err(Error::UpstreamConnectTimeout),
+        Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => Err(Error::UpstreamConnectTimeout),
+        Ok(Err(_)) => Err(Error::UpstreamRefused),
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+    }
+}
+
+/// The facts of the client's request an attempt needs after its head left the buffer.
+#[derive(Clone, Copy)]
+struct Request {
+    method: Method,
+    version: Version,
+    framing: Framing,
+    expect_continue: bool,
+    tunnel: bool,
+}
+
+enum Outcome {
+    /// Response relayed; the upstream connection may serve another request.
+    Reusable,
+    /// Response relayed; the upstream connection is spent.
+    Done,
+    /// 101 relayed; the connection becomes a tunnel.
+    Tunnel,
+}
+
+/// One attempt on one upstream connection: head and body up, response back.
+async fn exchange(
+    w: &Worker,
+    client: &mut Wire,
+    conn: &mut Upstream,
+    upstream_head: &[u8],
+    s: &mut Scratch,
+    ctx: &ForwardCtx<'_>,
+    req: Request,
+) -> Result<Outcome, Failure> {
+    conn.requests += 1;
+    let stale = |reused: bool, e: Error| {
+        if reused {
+            Failure::Stale
+        } else {
+            Failure::Before(e)
+        }
+    };
+    s.chunk.clear();
+    s.chunk.extend_from_slice(upstream_head);
+    let (res, buf) = conn.wire.send(std::mem::take(&mut s.chunk)).await;
+    s.chunk = buf;
+    if res.is_err() {
+        return Err(stale(conn.reused, Error::UpstreamIo));
+    }
+    if req.framing != Framing::Length(0) {
+        if req.expect_continue {
+            client
+                .send_static(encode::CONTINUE)
+                .await
+                .map_err(|_| Failure::After(Error::ClientClosed))?;
+        }
+        let reframe = match req.framing {
+            Framing::Chunked => Reframe::Chunked,
+            _ => Reframe::Raw,
+        };
+        let limits = Relay {
+            framing: req.framing,
+            reframe,
+            read_timeout: ctx.client_timeout,
+            max: Some(ctx.max_body),
+            limits: ctx.limits,
+        };
+        relay(client, &mut conn.wire, &mut s.chunk, &limits)
+            .await
+            .map_err(|e| match e {
+                RelayError::TooLarge => Failure::Before(Error::BodyTooLarge),
+                RelayError::Write => Failure::Before(Error::UpstreamIo),
+                RelayError::Parse(p) => Failure::Before(Error::Request(p)),
+                RelayError::Timeout | RelayError::Read | RelayError::Truncated => {
+                    Failure::After(Error::ClientClosed)
+                }
+            })?;
+    }
+
+    // The response head; informational responses other than 101 are passed on and skipped.
+    let response = &mut s.response;
+    loop {
+        let mut got_any = !conn.wire.data().is_empty();
+        loop {
+            if !conn.wire.data().is_empty() {
+                match response.parse(conn.wire.data(), &ctx.limits) {
+                    Ok(Status::Complete(_)) => break,
+                    Ok(Status::Partial) => {}
+                    Err(e) => return Err(Failure::Before(Error::UpstreamProtocol(e))),
+                }
+            }
+            match monoio::time::timeout(ctx.up.read_timeout, conn.wire.fill()).await {
+                Err(_) => return Err(Failure::Before(Error::UpstreamTimeout)),
+                Ok(Ok(0)) | Ok(Err(_)) if !got_any && req.framing == Framing::Length(0) => {
+                    return Err(stale(conn.reused, Error::UpstreamClosed))
+                }
+                Ok(Ok(0)) | Ok(Err(_)) => return Err(Failure::Before(Error::UpstreamClosed)),
+                Ok(Ok(_)) => got_any = true,
+            }
+        }
+        if response.is_informational() && response.status != 101 {
+            let n = response.len;
+            if req.version == Version::Http11 {
+                let (from, wire) = (&mut conn.wire, &mut *client);
+                wire.send_from(from, 0..n)
+                    .await
+                    .map_err(|_| Failure::After(Error::ClientClosed))?;
+            }
+            conn.wire.consume(n);
+            continue;
+        }
+        break;
+    }
+
+    let status = response.status;
+    let framing = response.framing(req.method);
+    let client_http11 = req.version == Version::Http11;
+    let tunnel = req.tunnel && status == 101;
+    let (body, keep_client) = match framing {
+        _ if !response.has_body(req.method) => (BodyOut::None, ctx.keep_alive),
+        Framing::Length(n) => (BodyOut::Length(n), ctx.keep_alive),
+        Framing::Chunked | Framing::Eof if client_http11 => (BodyOut::Chunked, ctx.keep_alive),
+        Framing::Chunked | Framing::Eof => (BodyOut::UntilClose, false),
+    };
+    let reply = Reply {
+        body,
+        keep_alive: keep_client && !w.drain.is_draining(),
+        client_version: req.version,
+        tunnel,
+    };
+    s.out.clear();
+    encode::response_head(&mut s.out, conn.wire.data(), response, &reply);
+    let upstream_keep = response.keep_alive();
+    conn.wire.consume(response.len);
+    w.metrics.response(status);
+
+    // A small body that is already here goes out with the head in one write.
+    let mut rest = framing;
+    if let Framing::Length(n) = framing {
+        if body != BodyOut::None && n <= 16 * 1024 && conn.wire.data().len() as u64 >= n {
+            let n = n as usize;
+            s.out
+                .extend_from_slice(conn.wire.data().get(..n).unwrap_or_default());
+            conn.wire.consume(n);
+            rest = Framing::Length(0);
+        }
+    }
+    let (res, buf) = client.send(std::mem::take(&mut s.out)).await;
+    s.out = buf;
+    res.map_err(|_| Failure::After(Error::ClientClosed))?;
+    if tunnel {
+        return Ok(Outcome::Tunnel);
+    }
+    if body != BodyOut::None && rest != Framing::Length(0) {
+        let relay_cfg = Relay {
+            framing: rest,
+            reframe: match body {
+                BodyOut::Chunked => Reframe::Chunked,
+                _ => Reframe::Raw,
+            },
+            read_timeout: ctx.up.read_timeout,
+            max: None,
+            limits: ctx.limits,
+        };
+        relay(&mut conn.wire, client, &mut s.chunk, &relay_cfg)
+            .await
+            .map_err(|e| match e {
+                RelayError::Write => Failure::After(Error::ClientClosed),
+                RelayError::Timeout => Failure::After(Error::UpstreamTimeout),
+                RelayError::Parse(p) => Failure::After(Error::UpstreamProtocol(p)),
+                _ => Failure::After(Error::UpstreamClosed),
+            })?;
+    }
+    let reusable = upstream_keep
+        && framing != Framing::Eof
+        && conn.wire.data().is_empty()
+        && conn.requests < ctx.up.max_requests;
+    Ok(if reusable {
+        Outcome::Reusable
+    } else {
+        Outcome::Done
+    })
+}
+
+/// How relayed body bytes are framed on the way out.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reframe {
+    /// As they are (a length-delimited or close-delimited body).
+    Raw,
+    /// In chunks (the body's own chunking is normalised, or added).
+    Chunked,
+}
+
+struct Relay {
+    framing: Framing,
+    reframe: Reframe,
+    read_timeout: Duration,
+    max: Option<u64>,
+    limits: Limits,
+}
+
+enum RelayError {
+    Read,
+    Write,
+    Timeout,
+    Truncated,
+    TooLarge,
+    Parse(crate::http::ParseError),
+}
+
+/// Streams one body from `src` (what is buffered first, then reads) to `dst`: at most one
+/// buffer of it is in memory at a time.
+async fn relay(
+    src: &mut Wire,
+    dst: &mut Wire,
+    chunk: &mut Vec<u8>,
+    r: &Relay,
+) -> Result<u64, RelayError> {
+    let mut dec = BodyDecoder::new(r.framing, &r.limits);
+    let mut total = 0u64;
+    while !dec.is_done() {
+        if src.data().is_empty() {
+            match monoio::time::timeout(r.read_timeout, src.fill()).await {
+                Err(_) => return Err(RelayError::Timeout),
+                Ok(Err(_)) => return Err(RelayError::Read),
+                Ok(Ok(0)) if dec.complete_at_close() => break,
+                Ok(Ok(0)) => return Err(RelayError::Truncated),
+                Ok(Ok(_)) => {}
+            }
+        }
+        let d = dec.decode(src.data()).map_err(RelayError::Parse)?;
+        let len = d.data.len();
+        if len > 0 {
+            total += len as u64;
+            if r.max.is_some_and(|max| total > max) {
+                return Err(RelayError::TooLarge);
+            }
+            match r.reframe {
+                Reframe::Raw => dst
+                    .send_from(src, d.data.clone())
+                    .await
+                    .map_err(|_| RelayError::Write)?,
+                Reframe::Chunked => {
+                    chunk.clear();
+                    encode::chunk_head(chunk, len);
+                    chunk.extend_from_slice(src.data().get(d.data.clone()).unwrap_or_default());
+                    chunk.extend_from_slice(encode::CHUNK_END);
+                    let (res, buf) = dst.send(std::mem::take(chunk)).await;
+                    *chunk = buf;
+                    res.map_err(|_| RelayError::Write)?;
+                }
+            }
+        }
+        src.consume(d.consumed);
+    }
+    if r.reframe == Reframe::Chunked {
+        dst.send_static(encode::LAST_CHUNK)
+            .await
+            .map_err(|_| RelayError::Write)?;
+    }
+    Ok(total)
+}

@@ -1,0 +1,189 @@
+//! Starting and stopping the gateway: binds one SO_REUSEPORT listener per worker per address,
+//! starts one pinned worker thread per core, publishes new routing snapshots, and drains the
+//! workers on shutdown. `main` drives it from signals; tests start it on port 0.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
+use std::rc::Rc;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use monoio::io::AsyncReadRent;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::{Config, Workers};
+use crate::routing::SharedSnapshot;
+use crate::worker::{self, accept, RunningDriver, Worker};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("cannot start worker {worker}: {source}")]
+    Worker { worker: usize, source: io::Error },
+}
+
+/// A running gateway.
+pub struct Server {
+    /// The addresses actually listened on (port 0 resolved).
+    pub addrs: Vec<SocketAddr>,
+    pub drivers: Vec<RunningDriver>,
+    snapshot: Arc<SharedSnapshot>,
+    control: Vec<UnixStream>,
+    done: mpsc::Receiver<usize>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds every listener, starts the workers and returns once each of them accepts.
+    pub fn start(config: Config) -> Result<Server, ServerError> {
+        let workers = match config.server.workers {
+            Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Workers::Count(n) => n.get(),
+        };
+        let (addrs, listeners) = bind(&config.server.listen, workers)?;
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let pin = config.server.pin;
+        let driver = config.server.driver;
+        let max_connections = config.server.max_connections;
+        let snapshot = Arc::new(SharedSnapshot::new(config));
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<RunningDriver, io::Error>>();
+        let (done_tx, done) = mpsc::channel();
+        let mut control = Vec::new();
+        let mut threads = Vec::new();
+        for (id, own) in listeners.into_iter().enumerate() {
+            let (ours, theirs) =
+                UnixStream::pair().map_err(|source| ServerError::Worker { worker: id, source })?;
+            control.push(ours);
+            let local = snapshot.handle();
+            let core = cores.get(id % cores.len().max(1)).copied().filter(|_| pin);
+            let (ready, done) = (ready_tx.clone(), done_tx.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("ringgate-w{id}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    let started = ready.clone();
+                    let ran = worker::run(driver, |running| async move {
+                        let ready = started;
+                        let w = Rc::new(Worker::new(id, local));
+                        for (i, listener) in own.into_iter().enumerate() {
+                            match monoio::net::TcpListener::from_std(listener) {
+                                Ok(l) => {
+                                    let waiter = u64::MAX - i as u64;
+                                    monoio::spawn(accept::accept_loop(Rc::clone(&w), l, max_connections, waiter));
+                                }
+                                Err(e) => {
+                                    let _ = ready.send(Err(e));
+                                    return;
+                                }
+                            }
+                        }
+                        tracing::info!(worker = id, driver = %running, core = ?core.map(|c| c.id), "worker started");
+                        let _ = ready.send(Ok(running));
+                        wait_for_stop(theirs).await;
+                        tracing::info!(worker = id, connections = w.drain.connections(), "worker draining");
+                        w.drain.start();
+                        w.drain.all_closed().await;
+                        tracing::info!(worker = id, "worker stopped: {}", w.metrics.summary());
+                    });
+                    if let Err(e) = ran {
+                        let _ = ready.send(Err(e));
+                    }
+                    let _ = done.send(id);
+                })
+                .map_err(|source| ServerError::Worker { worker: id, source })?;
+            threads.push(thread);
+        }
+        let mut drivers = Vec::new();
+        for id in 0..workers {
+            match ready_rx.recv() {
+                Ok(Ok(d)) => drivers.push(d),
+                Ok(Err(source)) => return Err(ServerError::Worker { worker: id, source }),
+                Err(_) => {
+                    let source = io::Error::other("worker exited during start-up");
+                    return Err(ServerError::Worker { worker: id, source });
+                }
+            }
+        }
+        Ok(Server {
+            addrs,
+            drivers,
+            snapshot,
+            control,
+            done,
+            threads,
+        })
+    }
+
+    /// Publishes a new configuration's routes and upstreams to every worker. Listeners and
+    /// worker count stay as started.
+    pub fn reload(&self, config: Config) -> u64 {
+        self.snapshot.publish(config)
+    }
+
+    /// Stops accepting, lets in-flight requests finish and closes idle connections; returns
+    /// false if `drain_timeout` passed with connections still open.
+    pub fn shutdown(self, drain_timeout: Duration) -> bool {
+        for mut ctl in &self.control {
+            let _ = io::Write::write_all(&mut ctl, b"x");
+        }
+        let deadline = Instant::now() + drain_timeout;
+        let mut stopped = 0;
+        while stopped < self.threads.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.done.recv_timeout(left) {
+                Ok(_) => stopped += 1,
+                Err(_) => return false,
+            }
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+        true
+    }
+}
+
+/// Waits for the control thread's stop byte (or its end).
+async fn wait_for_stop(ctl: UnixStream) {
+    let Ok(mut ctl) = monoio::net::UnixStream::from_std(ctl) else {
+        return;
+    };
+    let _ = ctl.read(vec![0u8; 1]).await;
+}
+
+/// One listening socket per worker per address, all in one SO_REUSEPORT group per address;
+/// port 0 is resolved by the first bind so every worker shares the port.
+type Listeners = (Vec<SocketAddr>, Vec<Vec<std::net::TcpListener>>);
+
+fn bind(addrs: &[SocketAddr], workers: usize) -> Result<Listeners, ServerError> {
+    let mut per_worker: Vec<Vec<std::net::TcpListener>> =
+        (0..workers).map(|_| Vec::new()).collect();
+    let mut resolved = Vec::new();
+    for &addr in addrs {
+        let mut actual = addr;
+        for listeners in per_worker.iter_mut() {
+            let socket =
+                reuseport_listener(actual).map_err(|source| ServerError::Bind { addr, source })?;
+            actual = socket
+                .local_addr()
+                .map_err(|source| ServerError::Bind { addr, source })?;
+            listeners.push(socket);
+        }
+        resolved.push(actual);
+    }
+    Ok((resolved, per_worker))
+}
+
+fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}

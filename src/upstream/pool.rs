@@ -1,0 +1,73 @@
+//! Per-worker keep-alive pools of upstream connections, one per target, and round-robin target
+//! choice. Nothing here is shared with another worker: a connection opened by this worker is
+//! only ever reused by it.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::wire::Wire;
+
+/// An upstream connection and how much it has served.
+pub struct Upstream {
+    pub wire: Wire,
+    pub target: SocketAddr,
+    /// Requests sent on it so far.
+    pub requests: u32,
+    /// It came from the pool (so it may have been closed by the upstream meanwhile).
+    pub reused: bool,
+}
+
+struct Idle {
+    conn: Upstream,
+    since: Instant,
+}
+
+#[derive(Default)]
+pub struct Pool {
+    idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
+    /// Round-robin cursor per upstream name.
+    cursors: RefCell<HashMap<String, usize>>,
+}
+
+impl Pool {
+    /// The next target of `upstream` in round-robin order.
+    pub fn pick(&self, upstream: &str, targets: &[SocketAddr]) -> Option<SocketAddr> {
+        let mut cursors = self.cursors.borrow_mut();
+        let i = match cursors.get_mut(upstream) {
+            Some(i) => i,
+            None => cursors.entry(upstream.to_owned()).or_default(),
+        };
+        let target = targets.get(*i % targets.len().max(1)).copied();
+        *i = i.wrapping_add(1);
+        target
+    }
+
+    /// The most recently used idle connection to `target` that is younger than
+    /// `idle_timeout`; older ones are closed on the way.
+    pub fn take(&self, target: SocketAddr, idle_timeout: Duration) -> Option<Upstream> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(&target)?;
+        while let Some(entry) = list.pop() {
+            if entry.since.elapsed() < idle_timeout {
+                let mut conn = entry.conn;
+                conn.reused = true;
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps `conn` for reuse unless `max_idle` connections to its target are already idle.
+    pub fn put(&self, conn: Upstream, max_idle: usize) {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.entry(conn.target).or_default();
+        if list.len() < max_idle {
+            list.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+}

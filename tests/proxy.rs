@@ -1,0 +1,461 @@
+//! The gateway end to end: the real binary on an ephemeral port, real upstream servers, raw
+//! bytes on the client side. Every scenario runs once on the io_uring driver and once on epoll.
+
+#[path = "common/gateway.rs"]
+mod gateway;
+
+use std::io::{BufReader, Read, Write};
+
+use gateway::{closed, exchange, fnv, read_response, Gateway, Upstream, FNV_START, PATIENCE};
+
+/// A config proxying everything to `upstream`, with `extra_server` lines in `[server]` and
+/// `extra_upstream` lines in the upstream; two workers unless `extra_server` says otherwise.
+fn config(driver: &str, upstream: &str, extra_server: &str, extra_upstream: &str) -> String {
+    let workers = if extra_server.contains("workers") {
+        ""
+    } else {
+        "workers = 2"
+    };
+    format!(
+        r#"
+[server]
+listen = ["{{listen}}"]
+{workers}
+pin = false
+driver = "{driver}"
+drain_timeout = "10s"
+{extra_server}
+
+[upstreams.backend]
+targets = ["{upstream}"]
+read_timeout = "2s"
+{extra_upstream}
+
+[upstreams.echo]
+builtin = "echo"
+
+[[routes]]
+path_prefix = "/echo/"
+upstream = "echo"
+
+[[routes]]
+host = "direct.example"
+path_prefix = "/"
+respond = {{ status = 200, body = "direct\n" }}
+
+[[routes]]
+host = "api.example"
+path_prefix = "/"
+upstream = "backend"
+"#
+    )
+}
+
+/// Runs a scenario on both drivers: `mod name { io_uring, epoll }`.
+macro_rules! on_both_drivers {
+    ($($name:ident($driver:ident) $body:block)*) => {$(
+        mod $name {
+            use super::*;
+            fn scenario($driver: &str) $body
+            #[test]
+            fn io_uring() { scenario("io_uring") }
+            #[test]
+            fn epoll() { scenario("epoll") }
+        }
+    )*};
+}
+
+on_both_drivers! {
+    get_and_post_with_length_and_chunked_bodies(driver) {
+        let up = Upstream::spawn(|seen, s| {
+            let r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", seen.body.len());
+            s.write_all(r.as_bytes()).is_ok() && s.write_all(&seen.body).is_ok()
+        });
+        let gw = Gateway::start(&config(driver, &up.addr.to_string(), "", ""));
+        let (status, head, body) = exchange(&gw, b"GET /a?b=1 HTTP/1.1\r\nHost: api.example\r\nX-Custom: 1\r\n\r\n");
+        assert_eq!((status, body.len()), (200, 0), "{head}");
+        let (status, _, body) = exchange(&gw, b"POST /p HTTP/1.1\r\nHost: api.example\r\nContent-Length: 11\r\n\r\nhello world");
+        assert_eq!((status, body.as_slice()), (200, &b"hello world"[..]));
+        let raw = b"POST /c HTTP/1.1\r\nHost: api.example\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n";
+        let (status, _, body) = exchange(&gw, raw);
+        assert_eq!((status, body.as_slice()), (200, &b"hello world"[..]));
+
+        let seen = up.requests();
+        assert_eq!(seen.len(), 3);
+        assert!(seen[0].head.starts_with("GET /a?b=1 HTTP/1.1\r\nHost: api.example\r\n"), "{}", seen[0].head);
+        assert_eq!(seen[0].header("x-custom"), Some("1"));
+        assert_eq!(seen[0].header("x-forwarded-for"), Some("127.0.0.1"));
+        assert_eq!(seen[0].header("x-forwarded-host"), Some("api.example"));
+        assert_eq!(seen[0].header("via"), Some("1.1 ringgate"));
+        assert_eq!(seen[1].body, b"hello world");
+        assert_eq!(seen[1].header("content-length"), Some("11"));
+        assert_eq!(seen[2].body, b"hello world");
+        assert_eq!(seen[2].header("transfer-encoding"), Some("chunked"));
+    }
+
+    chunked_and_close_delimited_responses(driver) {
+        let up = Upstream::spawn(|seen, s| {
+            if seen.head.starts_with("GET /chunked") {
+                s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n").is_ok()
+            } else {
+                let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\nuntil close");
+                false
+            }
+        });
+        let gw = Gateway::start(&config(driver, &up.addr.to_string(), "", ""));
+        let (status, _, body) = exchange(&gw, b"GET /chunked HTTP/1.1\r\nHost: api.example\r\n\r\n");
+        assert_eq!((status, body.as_slice()), (200, &b"abcdefg"[..]));
+        let (status, head, body) = exchange(&gw, b"GET /eof HTTP/1.1\r\nHost: api.example\r\n\r\n");
+        assert_eq!((status, body.as_slice()), (200, &b"until close"[..]));
+        assert!(head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "re-chunked for a 1.1 client: {head}");
+        // An HTTP/1.0 client gets the chunked body unframed, then a close.
+        let (status, head, body) = exchange(&gw, b"GET /chunked HTTP/1.0\r\nHost: api.example\r\n\r\n");
+        assert_eq!((status, body.as_slice()), (200, &b"abcdefg"[..]));
+        assert!(head.contains("Connection: close"), "{head}");
+    }
+
+    three_pipelined_requests_are_answered_in_order(driver) {
+        let up = Upstream::spawn(|seen, s| {
+            let path = seen.head.split(' ').nth(1).unwrap().to_owned();
+            let r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}", path.len());
+            s.write_all(r.as_bytes()).is_ok()
+        });
+        let gw = Gateway::start(&config(driver, &up.addr.to_string(), "", ""));
+        let mut s = gw.connect();
+        s.write_all(b"GET /one HTTP/1.1\r\nHost: api.example\r\n\r\nGET /two HTTP/1.1\r\nHost: api.example\r\n\r\nGET /three HTTP/1.1\r\nHost: api.example\r\n\r\n").unwrap();
+        let mut r = BufReader::new(s);
+        for expected in ["/one", "/two", "/three"] {
+            let (status, _, body) = read_response(&mut r);
+            assert_eq!((status, String::from_utf8(body).unwrap().as_str()), (200, expected));
+        }
+    }
+
+    upstream_connections_are_reused(driver) {
+        let up = Upstream::ok("pong");
+        let gw = Gateway::start(&config(driver, &up.addr.to_string(), "", ""));
+        let mut s = gw.connect();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        for _ in 0..100 {
+            s.write_all(b"GET /ping HTTP/1.1\r\nHost: api.example\r\n\r\n").unwrap();
+            let (status, _, body) = read_response(&mut r);
+            assert_eq!((status, body.as_slice()), (200, &b"pong"[..]));
+        }
+        // Separate client connections may land on either worker; each has its own pool.
+        for _ in 0..20 {
+            let (status, _, _) = exchange(&gw, b"GET /ping HTTP/1.1\r\nHost: api.example\r\n\r\n");
+            assert_eq!(status, 200);
+        }
+        let opened = up.connections.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(opened <= 2, "{opened} upstream connections for 120 requests");
+        assert_eq!(up.requests().len(), 120);
+    }
+
+    upstream_down_is_502(driver) {
+        // A port that was just free: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let gw = Gateway::start(&config(driver, &port.to_string(), "", ""));
+        let (status, head, _) = exchange(&gw, b"GET / HTTP/1.1\r\nHost: api.example\r\n\r\n");
+        assert_eq!(status, 502, "{head}");
+    }
+
+    silent_upstream_is_504(driver) {
+        let up = Upstream::spawn(|_, _| true);
+        let gw = Gateway::start(&config(driver, &up.addr.to_string(), "", ""));
+        let (status, _, _) = exchange(&gw, b"GET /slow HTTP/1.1\r\nHost: api.example\r\n\r\n");
+        assert_eq!(status, 504);
+        assert_eq!(up.requests().len(), 1);
+    }
+
+    garbage_is_400_and_close(driver) {
+        let up = Upstream::ok("x");
+        let gw = Gateway::start(&config(driver, &up.addr.to_string(), "", ""));
+        let mut s = gw.connect();
+        s.write_all(b"\x16\x03\x01\x02\x00garbage\r\n\r\n").unwrap();
+        let mut r = BufReader::new(s);
+        let (status, head, _) = read_response(&mut r);
+        assert_eq!(status, 400, "{head}");
+        assert!(head.contains("Connection: close"));
+        assert!(closed(&mut r));
+        assert!(up.requests().is_empty());
+    }
+
+    no_route_is_404(driver) {
+        let up = Upstream::ok("x");
+        let gw = Gateway::start(&config(driver, &up.addr.to_string(), "", ""));
+        let (status, _, body) = exchange(&gw, b"GET / HTTP/1.1\r\nHost: other.example\r\n\r\n");
+        assert_eq!((status, body.as_slice()), (404, &b"404 Not Found\n"[..]));
+        assert!(up.requests().is_empty());
+    }
+
+    smuggling_is_400_and_never_forwarded(driver) {
+        let up = Upstream::ok("x");
+        let gw = Gateway::start(&config(driver, &up.addr.to_string(), "", ""));
+        let raw = b"POST / HTTP/1.1\r\nHost: api.example\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: api.example\r\n\r\n";
+        let mut s = gw.connect();
+        s.write_all(raw).unwrap();
+        let mut r = BufReader::new(s);
+        let (status, _, _) = read_response(&mut r);
+        assert_eq!(status, 400);
+        assert!(closed(&mut r));
+        assert!(up.requests().is_empty(), "upstream saw {:?}", up.requests());
+    }
+
+    slowloris_head_is_408(driver) {
+        let up = Upstream::ok("x");
+        let gw = Gateway::start(&config(driver, &up.addr.to_string(), "header_timeout = \"500ms\"", ""));
+        let mut s = gw.connect();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: api.example\r\nX-Slow: ").unwrap();
+        let mut r = BufReader::new(s);
+        let (status, _, _) = read_response(&mut r);
+        assert_eq!(status, 408);
+        assert!(closed(&mut r));
+    }
+
+    direct_response_and_echo(driver) {
+        let up = Upstream::ok("x");
+        let gw = Gateway::start(&config(driver, &up.addr.to_string(), "", ""));
+        let (status, _, body) = exchange(&gw, b"GET /anything HTTP/1.1\r\nHost: direct.example\r\n\r\n");
+        assert_eq!((status, body.as_slice()), (200, &b"direct\n"[..]));
+        let (status, head, body) = exchange(&gw, b"GET /echo/hi HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(status, 200, "{head}");
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(doc["method"], "GET");
+        assert_eq!(doc["target"], "/echo/hi");
+    }
+
+    sigterm_lets_the_slow_request_finish_and_exits_0(driver) {
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let wait = std::sync::Mutex::new(wait);
+        let up = Upstream::spawn(move |_, s| {
+            let _ = wait.lock().unwrap().recv_timeout(PATIENCE);
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone").is_ok()
+        });
+        let mut gw = Gateway::start(&config(driver, &up.addr.to_string(), "", ""));
+        let mut s = gw.connect();
+        s.write_all(b"GET /slow HTTP/1.1\r\nHost: api.example\r\n\r\n").unwrap();
+        up.next_arrival();
+        gw.signal("TERM");
+        // Both workers have begun draining before the upstream answers.
+        gw.wait_for_line("worker draining worker=0");
+        gw.wait_for_line("worker draining worker=1");
+        release.send(()).unwrap();
+        let mut r = BufReader::new(s);
+        let (status, head, body) = read_response(&mut r);
+        assert_eq!((status, body.as_slice()), (200, &b"done"[..]));
+        assert!(head.contains("Connection: close"), "a draining gateway closes: {head}");
+        let exit = gw.wait_exit();
+        assert!(exit.success(), "{exit:?}");
+    }
+
+    websocket_upgrade_tunnels_both_ways(driver) {
+        let up = Upstream::spawn(|_, s| {
+            s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").unwrap();
+            let mut buf = [0u8; 1024];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) => {
+                        if s.write_all(&buf[..n]).is_err() {
+                            return false;
+                        }
+                    }
+                }
+            }
+        });
+        let gw = Gateway::start(&config(driver, &up.addr.to_string(), "", ""));
+        let mut s = gw.connect();
+        s.write_all(b"GET /ws HTTP/1.1\r\nHost: api.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let (status, head, _) = read_response(&mut r);
+        assert_eq!(status, 101, "{head}");
+        assert!(head.to_ascii_lowercase().contains("upgrade: websocket"));
+        let seen = up.requests();
+        assert_eq!(seen[0].header("upgrade"), Some("websocket"));
+        for frame in [&b"\x81\x05hello"[..], b"\x82\x03\x01\x02\x03"] {
+            s.write_all(frame).unwrap();
+            let mut back = vec![0u8; frame.len()];
+            r.read_exact(&mut back).unwrap();
+            assert_eq!(back, frame);
+        }
+    }
+    expect_continue_head_and_body_limits(driver) {
+        let up = Upstream::spawn(|seen, s| {
+            let r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", seen.body.len());
+            s.write_all(r.as_bytes()).is_ok() && s.write_all(&seen.body).is_ok()
+        });
+        let gw = Gateway::start(&config(driver, &up.addr.to_string(), "max_body = 16", ""));
+        // Expect: 100-continue: the gateway says 100 before the client sends its body.
+        let mut s = gw.connect();
+        s.write_all(b"PUT /f HTTP/1.1\r\nHost: api.example\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n").unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let (status, _, _) = read_response(&mut r);
+        assert_eq!(status, 100);
+        s.write_all(b"hello").unwrap();
+        let (status, _, body) = read_response(&mut r);
+        assert_eq!((status, body.as_slice()), (200, &b"hello"[..]));
+        assert_eq!(up.requests()[0].header("expect"), None, "the gateway answered the expectation");
+        // HEAD: the upstream's length, no body; the connection stays usable.
+        s.write_all(b"HEAD /h HTTP/1.1\r\nHost: api.example\r\n\r\nGET /g HTTP/1.1\r\nHost: api.example\r\n\r\n").unwrap();
+        let (status, head, body) = read_response(&mut r);
+        assert_eq!((status, body.len()), (200, 0), "{head}");
+        let (status, _, _) = read_response(&mut r);
+        assert_eq!(status, 200);
+        // Over max_body: 413 before anything is forwarded.
+        let before = up.requests().len();
+        let (status, _, _) = exchange(&gw, b"POST /big HTTP/1.1\r\nHost: api.example\r\nContent-Length: 17\r\n\r\n01234567890123456");
+        assert_eq!(status, 413);
+        assert_eq!(up.requests().len(), before);
+    }
+
+    stale_pooled_connection_is_retried_once(driver) {
+        // Closes every connection after one response, without saying so.
+        let up = Upstream::spawn(|_, s| {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            let _ = s.shutdown(std::net::Shutdown::Both);
+            false
+        });
+        let gw = Gateway::start(&config(driver, &up.addr.to_string(), "workers = 1", ""));
+        let mut s = gw.connect();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        for _ in 0..3 {
+            s.write_all(b"GET /x HTTP/1.1\r\nHost: api.example\r\n\r\n").unwrap();
+            let (status, _, body) = read_response(&mut r);
+            assert_eq!((status, body.as_slice()), (200, &b"ok"[..]));
+        }
+        assert_eq!(up.requests().len(), 3);
+    }
+
+    malformed_upstream_response_is_502(driver) {
+        let up = Upstream::spawn(|_, s| {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\nok");
+            false
+        });
+        let gw = Gateway::start(&config(driver, &up.addr.to_string(), "", ""));
+        let (status, _, _) = exchange(&gw, b"GET / HTTP/1.1\r\nHost: api.example\r\n\r\n");
+        assert_eq!(status, 502);
+    }
+
+    connections_over_the_limit_are_closed_at_accept(driver) {
+        let up = Upstream::ok("x");
+        let mut gw = Gateway::start(&config(driver, &up.addr.to_string(), "workers = 1\nmax_connections = 1", ""));
+        let mut first = gw.connect();
+        first.write_all(b"GET / HTTP/1.1\r\nHost: api.example\r\n\r\n").unwrap();
+        let mut r = BufReader::new(first.try_clone().unwrap());
+        assert_eq!(read_response(&mut r).0, 200);
+        let mut second = gw.connect();
+        assert!(closed(&mut second), "the second connection is closed at accept");
+        gw.wait_for_line("connection refused: worker at max_connections");
+        first.write_all(b"GET / HTTP/1.1\r\nHost: api.example\r\n\r\n").unwrap();
+        assert_eq!(read_response(&mut r).0, 200, "the first one still works");
+    }
+}
+
+/// 256 MiB up and 256 MiB down through one worker while its RSS stays under 64 MiB.
+#[test]
+fn large_bodies_stream_with_bounded_memory() {
+    const SIZE: u64 = 256 << 20;
+    let up = Upstream::spawn(|seen, s| {
+        if seen.head.starts_with("POST") {
+            let r = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: 16\r\n\r\n{:016x}",
+                seen.body_hash
+            );
+            return s.write_all(r.as_bytes()).is_ok();
+        }
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {SIZE}\r\n\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        let block = pattern_block();
+        (0..SIZE / block.len() as u64).all(|_| s.write_all(&block).is_ok())
+    });
+    let gw = Gateway::start(&config(
+        "auto",
+        &up.addr.to_string(),
+        "max_body = \"1GiB\"",
+        "",
+    ));
+
+    let mut s = gw.connect();
+    s.write_all(
+        format!("POST /up HTTP/1.1\r\nHost: api.example\r\nContent-Length: {SIZE}\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let block = pattern_block();
+    let mut hash = FNV_START;
+    for _ in 0..SIZE / block.len() as u64 {
+        s.write_all(&block).unwrap();
+        hash = fnv(hash, &block);
+    }
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let (status, _, body) = read_response(&mut r);
+    assert_eq!(status, 200);
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        format!("{hash:016x}"),
+        "upstream saw the same bytes"
+    );
+    assert_eq!(up.requests()[0].body_len, SIZE);
+
+    s.write_all(b"GET /down HTTP/1.1\r\nHost: api.example\r\n\r\n")
+        .unwrap();
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        r.read_exact(&mut byte).unwrap();
+        head.push(byte[0] as char);
+    }
+    assert!(head.contains(&format!("Content-Length: {SIZE}")), "{head}");
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut down_hash = FNV_START;
+    while got < SIZE {
+        let n = r.read(&mut buf).unwrap();
+        assert!(n > 0, "download cut at {got}");
+        down_hash = fnv(down_hash, &buf[..n]);
+        got += n as u64;
+    }
+    assert_eq!(down_hash, hash, "client got the bytes the upstream sent");
+    let rss = gw.peak_rss_kib();
+    assert!(rss < 64 * 1024, "peak RSS {rss} KiB");
+}
+
+fn pattern_block() -> Vec<u8> {
+    (0..64 * 1024u32).map(|i| (i % 251) as u8).collect()
+}
+
+#[test]
+fn drivers_are_reported_per_worker() {
+    let up = Upstream::ok("x");
+    for driver in ["io_uring", "epoll"] {
+        let mut gw = Gateway::start(&config(driver, &up.addr.to_string(), "", ""));
+        let line = gw.wait_for_line("worker started");
+        assert!(line.contains(&format!("driver={driver}")), "{line}");
+    }
+}
+
+#[test]
+fn check_reports_line_column_and_key() {
+    let bad = gateway::TempFile::new("toml", b"[server]\nlisten = [\"127.0.0.1:8080\"]\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"missing\"\n");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringgate"))
+        .args(["check", "--config"])
+        .arg(&bad.path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:6:12", bad.path.display())),
+        "{err}"
+    );
+    assert!(err.contains("routes[0].upstream"), "{err}");
+    let ok = std::process::Command::new(env!("CARGO_BIN_EXE_ringgate"))
+        .args(["check", "--config", "config/ringgate.toml"])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("127.0.0.1:8080"));
+}
