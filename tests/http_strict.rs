@@ -494,6 +494,32 @@ X-Forwarded-Host: api.example\r\nVia: 1.1 edge, 1.1 ringgate\r\n\r\n"
 }
 
 #[test]
+fn transfer_encoding_is_forwarded_as_one_normalised_list() {
+    let raw = b"POST /u HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip,, \r\nTransfer-Encoding: chunked,\r\n\r\n";
+    let mut head = RequestHead::new(&Limits::DEFAULT);
+    assert!(matches!(
+        head.parse(raw, &Limits::DEFAULT),
+        Ok(Status::Complete(_))
+    ));
+    assert_eq!(head.framing(), Framing::Chunked);
+    let mut out = Vec::new();
+    let fwd = encode::Forward {
+        path: b"/u",
+        host: b"a",
+        client_addr: b"127.0.0.1",
+        proto: b"http",
+        tunnel: false,
+    };
+    encode::request_head(&mut out, raw, &head, &fwd);
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains("\r\nTransfer-Encoding: gzip, chunked\r\n"),
+        "{text}"
+    );
+    assert_eq!(text.matches("Transfer-Encoding").count(), 1, "{text}");
+}
+
+#[test]
 fn forwarded_response_heads() {
     let raw =
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\nX-A: 1\r\n\r\n";

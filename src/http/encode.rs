@@ -3,7 +3,7 @@
 //! the proxy chose, responses the gateway makes itself, and chunk framing. Appends only: the
 //! caller owns and reuses the `Vec`, so nothing allocates once it has grown to size.
 
-use super::parse::{HeaderKind, RequestHead, ResponseHead, Span, Version};
+use super::parse::{list_tokens, Fields, HeaderKind, RequestHead, ResponseHead, Span, Version};
 
 /// What the proxy decided about the request it forwards.
 #[derive(Debug, Clone, Copy)]
@@ -35,13 +35,16 @@ pub fn request_head(out: &mut Vec<u8>, buf: &[u8], head: &RequestHead, fwd: &For
     out.extend_from_slice(b"\r\n");
     for h in &head.fields.headers {
         let keep = match h.kind {
-            HeaderKind::Other | HeaderKind::TransferEncoding => true,
+            HeaderKind::Other => true,
             HeaderKind::Upgrade => fwd.tunnel,
             _ => false,
         };
         if keep {
             field(out, buf, h.name, h.value.of(buf));
         }
+    }
+    if head.fields.transfer_encoding.present {
+        transfer_encoding(out, buf, &head.fields);
     }
     if let Some(n) = head.fields.content_length {
         content_length(out, n);
@@ -121,13 +124,16 @@ pub fn response_head(out: &mut Vec<u8>, buf: &[u8], head: &ResponseHead, reply: 
     for h in &head.fields.headers {
         let keep = match h.kind {
             HeaderKind::ContentLength => reply.body == BodyOut::None,
-            HeaderKind::TransferEncoding => pass_te,
+            HeaderKind::TransferEncoding => false,
             HeaderKind::Upgrade => reply.tunnel,
             kind => !kind.is_hop_by_hop(),
         };
         if keep {
             field(out, buf, h.name, h.value.of(buf));
         }
+    }
+    if pass_te {
+        transfer_encoding(out, buf, &head.fields);
     }
     match reply.body {
         BodyOut::Length(n) => content_length(out, n),
@@ -232,6 +238,28 @@ fn field(out: &mut Vec<u8>, buf: &[u8], name: Span, value: &[u8]) {
     out.extend_from_slice(name.of(buf));
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// One Transfer-Encoding line with the codings of all of them, empty list elements dropped:
+/// the next hop reads exactly the list we did (`chunked,` and `chunked` alike end in chunked
+/// for us; a recipient that does not skip the empty element would disagree).
+fn transfer_encoding(out: &mut Vec<u8>, buf: &[u8], fields: &Fields) {
+    out.extend_from_slice(b"Transfer-Encoding: ");
+    let mut first = true;
+    for h in fields
+        .headers
+        .iter()
+        .filter(|h| h.kind == HeaderKind::TransferEncoding)
+    {
+        for coding in list_tokens(h.value.of(buf)) {
+            if !first {
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(coding);
+            first = false;
+        }
+    }
     out.extend_from_slice(b"\r\n");
 }
 

@@ -895,7 +895,7 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
 }
 
 /// The non-empty elements of a comma-separated list (RFC 9110 §5.6.1).
-fn list_tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn list_tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
         .split(|&b| b == b',')
         .map(trim_ows)

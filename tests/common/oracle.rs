@@ -48,11 +48,13 @@ pub fn httparse_facts(req: &httparse::Request<'_, '_>) -> Facts {
                 None
             };
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // The last coding, empty list elements skipped (RFC 9110 §5.6.1).
             f.chunked = h
                 .value
                 .split(|&b| b == b',')
-                .next_back()
-                .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                .map(<[u8]>::trim_ascii)
+                .rfind(|c| !c.is_empty())
+                .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
         } else if name.eq_ignore_ascii_case(b"connection") {
             for token in h.value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
