@@ -47,7 +47,11 @@ pub enum Admit {
 
 /// Per-connection scratch space, reused for every exchange on the connection.
 pub struct Scratch {
+    /// The head sent upstream, or a response the gateway makes.
     pub out: Vec<u8>,
+    /// The response head (and small body) sent to the client.
+    pub reply: Vec<u8>,
+    /// Chunk framing and direct-response fields.
     pub chunk: Vec<u8>,
     pub response: ResponseHead,
 }
@@ -56,6 +60,7 @@ impl Scratch {
     pub fn new(limits: &Limits) -> Scratch {
         Scratch {
             out: Vec::with_capacity(4096),
+            reply: Vec::with_capacity(4096),
             chunk: Vec::with_capacity(16 * 1024 + 32),
             response: ResponseHead::new(limits),
         }
@@ -394,7 +399,6 @@ async fn forward(w: &Worker, c: ClientSide<'_>, s: &mut Scratch, ctx: &ForwardCt
     // head has left the client buffer.
     let repeatable = method.is_idempotent() && framing == Framing::Length(0);
     c.wire.consume(head.len);
-    let upstream_head = std::mem::take(&mut s.out);
     let mut tried_fresh = false;
     let result = loop {
         let Some(target) = w.pool.pick(&ctx.up.name, ctx.targets) else {
@@ -427,7 +431,6 @@ async fn forward(w: &Worker, c: ClientSide<'_>, s: &mut Scratch, ctx: &ForwardCt
             w,
             c.wire,
             &mut conn,
-            &upstream_head,
             s,
             ctx,
             Request {
@@ -455,7 +458,6 @@ async fn forward(w: &Worker, c: ClientSide<'_>, s: &mut Scratch, ctx: &ForwardCt
             Err(other) => break Err(other),
         }
     };
-    s.out = upstream_head;
     match result {
         Ok(Some(upstream)) => Next::Tunnel(upstream),
         Ok(None) if ctx.keep_alive && !w.drain.is_draining() => Next::KeepAlive,
@@ -515,7 +517,6 @@ async fn exchange(
     w: &Worker,
     client: &mut Wire,
     conn: &mut Upstream,
-    upstream_head: &[u8],
     s: &mut Scratch,
     ctx: &ForwardCtx<'_>,
     req: Request,
@@ -528,10 +529,9 @@ async fn exchange(
             Failure::Before(e)
         }
     };
-    s.chunk.clear();
-    s.chunk.extend_from_slice(upstream_head);
-    let (res, buf) = conn.wire.send(std::mem::take(&mut s.chunk)).await;
-    s.chunk = buf;
+    // The head goes out by value and comes back unchanged, ready for a retry.
+    let (res, buf) = conn.wire.send(std::mem::take(&mut s.out)).await;
+    s.out = buf;
     if res.is_err() {
         return Err(stale(conn.reused, Error::UpstreamIo));
     }
@@ -616,8 +616,8 @@ async fn exchange(
         client_version: req.version,
         tunnel,
     };
-    s.out.clear();
-    encode::response_head(&mut s.out, conn.wire.data(), response, &reply);
+    s.reply.clear();
+    encode::response_head(&mut s.reply, conn.wire.data(), response, &reply);
     let upstream_keep = response.keep_alive();
     conn.wire.consume(response.len);
     w.metrics.response(status);
@@ -627,14 +627,14 @@ async fn exchange(
     if let Framing::Length(n) = framing {
         if body != BodyOut::None && n <= 16 * 1024 && conn.wire.data().len() as u64 >= n {
             let n = n as usize;
-            s.out
+            s.reply
                 .extend_from_slice(conn.wire.data().get(..n).unwrap_or_default());
             conn.wire.consume(n);
             rest = Framing::Length(0);
         }
     }
-    let (res, buf) = client.send(std::mem::take(&mut s.out)).await;
-    s.out = buf;
+    let (res, buf) = client.send(std::mem::take(&mut s.reply)).await;
+    s.reply = buf;
     res.map_err(|_| Failure::After(Error::ClientClosed))?;
     if tunnel {
         return Ok(Outcome::Tunnel);

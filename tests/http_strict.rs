@@ -534,7 +534,7 @@ fn forwarded_response_heads() {
     encode::response_head(&mut out, raw, &head, &reply);
     assert_eq!(
         out,
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
     );
 
     // An HTTP/1.0 client gets the chunked body unframed, until close.

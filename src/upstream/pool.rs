@@ -3,7 +3,6 @@
 //! only ever reused by it.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -26,9 +25,9 @@ struct Idle {
 
 #[derive(Default)]
 pub struct Pool {
-    idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: RefCell<ahash::AHashMap<SocketAddr, Vec<Idle>>>,
     /// Round-robin cursor per upstream name.
-    cursors: RefCell<HashMap<String, usize>>,
+    cursors: RefCell<ahash::AHashMap<String, usize>>,
 }
 
 impl Pool {

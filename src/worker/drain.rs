@@ -3,7 +3,6 @@
 //! connection has closed. Single-threaded (`Cell`/`RefCell`), so nothing here is atomic.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -12,7 +11,7 @@ use std::task::{Context, Poll, Waker};
 pub struct Drain {
     draining: Cell<bool>,
     /// Who waits for the drain to start, by connection id (0 is the accept loop).
-    waiting: RefCell<HashMap<u64, Waker>>,
+    waiting: RefCell<ahash::AHashMap<u64, Waker>>,
     connections: Cell<usize>,
     closed: RefCell<Option<Waker>>,
 }
