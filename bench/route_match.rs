@@ -60,6 +60,7 @@ fn route(host: HostMatch, prefix: String, methods: &[&str]) -> Route {
             body: String::new(),
             headers: Vec::new(),
         },
+        rate_limit: None,
     }
 }
 

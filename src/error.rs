@@ -24,6 +24,8 @@ pub enum Error {
     ClientClosed,
     #[error("no route for this host, path and method")]
     NoRoute,
+    #[error("rate limit exceeded")]
+    RateLimited,
     #[error("upstream refused the connection")]
     UpstreamRefused,
     #[error("upstream connect timed out")]
@@ -58,6 +60,7 @@ impl Error {
             Error::HeaderTimeout => 408,
             Error::ClientClosed => 400,
             Error::NoRoute => 404,
+            Error::RateLimited => 429,
             Error::UpstreamConnectTimeout | Error::UpstreamTimeout => 504,
             Error::UpstreamRefused
             | Error::UpstreamProtocol(_)
@@ -74,6 +77,7 @@ impl Error {
             Error::HeaderTimeout => "header_timeout",
             Error::ClientClosed => "client_closed",
             Error::NoRoute => "no_route",
+            Error::RateLimited => "rate_limited",
             Error::UpstreamRefused => "upstream_refused",
             Error::UpstreamConnectTimeout => "upstream_connect_timeout",
             Error::UpstreamTimeout => "upstream_timeout",

@@ -7,6 +7,7 @@
 //! - [`http`]: the sans-io HTTP/1.1 codec (parse, body framing, encode, limits);
 //! - [`config`]: TOML file → validated, typed [`config::Config`];
 //! - [`routing`]: the immutable route table and the lock-free snapshot workers read;
+//! - [`ratelimit`]: a worker's token-bucket shard of a rate-limit policy;
 //! - [`upstream`]: per-worker pools, target choice, the built-in echo upstream;
 //! - [`proxy`]: the request pipeline; [`wire`]: a socket and its buffer;
 //! - [`worker`]: one runtime per core, accept loops, connections, drain;
@@ -18,6 +19,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod routing;
 pub mod server;
 pub mod upstream;

@@ -15,13 +15,14 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
-use crate::config::{Action, Builtin, Route, Upstream as UpstreamConfig, UpstreamKind};
+use crate::config::{Action, Builtin, LimitKey, Route, Upstream as UpstreamConfig, UpstreamKind};
 use crate::error::Error;
 use crate::http::encode::{self, BodyOut, Forward, Generated, Reply};
 use crate::http::{
     BodyDecoder, Framing, HeadScan, Limits, Method, RequestHead, ResponseHead, Status, Version,
 };
 use crate::metrics::Metrics;
+use crate::ratelimit::Decision;
 use crate::upstream::echo;
 use crate::upstream::pool::Upstream;
 use crate::wire::Wire;
@@ -51,8 +52,10 @@ pub struct Scratch {
     pub out: Vec<u8>,
     /// The response head (and small body) sent to the client.
     pub reply: Vec<u8>,
-    /// Chunk framing and direct-response fields.
+    /// Chunk framing, direct-response fields, rate-limit keys.
     pub chunk: Vec<u8>,
+    /// Field lines the gateway adds to this exchange's response (RateLimit-*).
+    pub extra: Vec<u8>,
     pub response: ResponseHead,
 }
 
@@ -62,6 +65,7 @@ impl Scratch {
             out: Vec::with_capacity(4096),
             reply: Vec::with_capacity(4096),
             chunk: Vec::with_capacity(16 * 1024 + 32),
+            extra: Vec::with_capacity(256),
             response: ResponseHead::new(limits),
         }
     }
@@ -148,11 +152,44 @@ pub async fn handle(w: &Worker, c: ClientSide<'_>, s: &mut Scratch) -> Next {
     let route = snap
         .table
         .find(head.host(buf), path_only, head.method_span.of(buf))
-        .and_then(|i| snap.config.routes.get(i));
+        .and_then(|i| Some((i, snap.config.routes.get(i)?)));
     let keep_alive = head.keep_alive() && !w.drain.is_draining();
-    let Some(route) = route else {
+    s.extra.clear();
+    let Some((index, route)) = route else {
         return reject(w, c, s, Error::NoRoute, server.max_body).await;
     };
+    // Policy: rate limits.
+    if let Some(policy) = route
+        .rate_limit
+        .and_then(|i| snap.config.rate_limits.get(i))
+    {
+        s.chunk.clear();
+        match &policy.key {
+            LimitKey::ClientIp => s.chunk.extend_from_slice(c.addr),
+            LimitKey::Header(name) => s
+                .chunk
+                .extend_from_slice(head.fields.get(buf, name.as_bytes()).unwrap_or_default()),
+            LimitKey::Route => s.chunk.extend_from_slice(&(index as u64).to_le_bytes()),
+            LimitKey::ClientIpAndRoute => {
+                s.chunk.extend_from_slice(c.addr);
+                s.chunk.extend_from_slice(&(index as u64).to_le_bytes());
+            }
+        }
+        let (decision, limit) = w.rate_check(policy, server.steer, &s.chunk);
+        match decision {
+            Decision::Deny { retry_after, reset } => {
+                rate_headers(&mut s.extra, limit, 0, reset);
+                s.extra.extend_from_slice(b"Retry-After: ");
+                encode::decimal(&mut s.extra, retry_after);
+                s.extra.extend_from_slice(b"\r\n");
+                return reject(w, c, s, Error::RateLimited, server.max_body).await;
+            }
+            Decision::Allow { remaining, reset } if policy.headers => {
+                rate_headers(&mut s.extra, limit, remaining, reset);
+            }
+            Decision::Allow { .. } => {}
+        }
+    }
     match &route.action {
         Action::Respond {
             status,
@@ -169,6 +206,7 @@ pub async fn handle(w: &Worker, c: ClientSide<'_>, s: &mut Scratch) -> Next {
                     s.chunk.extend_from_slice(part);
                 }
             }
+            s.chunk.extend_from_slice(&s.extra);
             let g = Generated {
                 status: *status,
                 content_type,
@@ -223,6 +261,19 @@ pub async fn handle(w: &Worker, c: ClientSide<'_>, s: &mut Scratch) -> Next {
     }
 }
 
+/// The RateLimit-Limit/-Remaining/-Reset fields (draft-ietf-httpapi-ratelimit-headers).
+fn rate_headers(out: &mut Vec<u8>, limit: u64, remaining: u64, reset: u64) {
+    for (name, value) in [
+        (&b"RateLimit-Limit: "[..], limit),
+        (b"RateLimit-Remaining: ", remaining),
+        (b"RateLimit-Reset: ", reset),
+    ] {
+        out.extend_from_slice(name);
+        encode::decimal(out, value);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// The path with the route's prefix removed, keeping a leading `/`.
 fn strip<'b>(path: &'b [u8], route: &Route) -> &'b [u8] {
     let prefix = route.path_prefix.trim_end_matches('/').as_bytes();
@@ -255,7 +306,7 @@ pub async fn reject(
         status: e.status(),
         content_type: b"text/plain",
         body: &s.chunk,
-        extra: b"",
+        extra: &s.extra,
         keep_alive,
         client_version: c.head.version,
         head_only: c.head.method == Method::Head,
@@ -345,7 +396,7 @@ async fn echo_reply(w: &Worker, c: ClientSide<'_>, s: &mut Scratch, keep_alive: 
         status: 200,
         content_type: b"application/json",
         body: &body,
-        extra: b"",
+        extra: &s.extra,
         keep_alive,
         client_version: c.head.version,
         head_only: c.head.method == Method::Head,
@@ -615,6 +666,7 @@ async fn exchange(
         keep_alive: keep_client && !w.drain.is_draining(),
         client_version: req.version,
         tunnel,
+        extra: &s.extra,
     };
     s.reply.clear();
     encode::response_head(&mut s.reply, conn.wire.data(), response, &reply);

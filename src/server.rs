@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use monoio::io::AsyncReadRent;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::{Config, Workers};
+use crate::config::{Config, Steer, Workers};
 use crate::routing::SharedSnapshot;
 use crate::worker::{self, accept, RunningDriver, Worker};
 
@@ -43,7 +43,8 @@ impl Server {
             Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
             Workers::Count(n) => n.get(),
         };
-        let (addrs, listeners) = bind(&config.server.listen, workers)?;
+        let steer = config.server.steer == Steer::ClientIp;
+        let (addrs, listeners) = bind(&config.server.listen, workers, steer)?;
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let pin = config.server.pin;
         let driver = config.server.driver;
@@ -69,7 +70,7 @@ impl Server {
                     let started = ready.clone();
                     let ran = worker::run(driver, |running| async move {
                         let ready = started;
-                        let w = Rc::new(Worker::new(id, local));
+                        let w = Rc::new(Worker::new(id, workers, local));
                         for (i, listener) in own.into_iter().enumerate() {
                             match monoio::net::TcpListener::from_std(listener) {
                                 Ok(l) => {
@@ -159,7 +160,7 @@ async fn wait_for_stop(ctl: UnixStream) {
 /// port 0 is resolved by the first bind so every worker shares the port.
 type Listeners = (Vec<SocketAddr>, Vec<Vec<std::net::TcpListener>>);
 
-fn bind(addrs: &[SocketAddr], workers: usize) -> Result<Listeners, ServerError> {
+fn bind(addrs: &[SocketAddr], workers: usize, steer: bool) -> Result<Listeners, ServerError> {
     let mut per_worker: Vec<Vec<std::net::TcpListener>> =
         (0..workers).map(|_| Vec::new()).collect();
     let mut resolved = Vec::new();
@@ -173,9 +174,64 @@ fn bind(addrs: &[SocketAddr], workers: usize) -> Result<Listeners, ServerError> 
                 .map_err(|source| ServerError::Bind { addr, source })?;
             listeners.push(socket);
         }
+        // The group is complete, and its sockets were indexed in worker order as they joined.
+        if steer && workers > 1 {
+            if let Some(first) = per_worker.first().and_then(|l| l.last()) {
+                steer_by_client(first, addr.is_ipv6(), workers)
+                    .map_err(|source| ServerError::Bind { addr, source })?;
+            }
+        }
         resolved.push(actual);
     }
     Ok((resolved, per_worker))
+}
+
+/// Attaches a classic BPF program to the SO_REUSEPORT group of `socket` that picks the worker
+/// by a hash of the client's address: every connection from one address lands on one worker.
+/// The address is read relative to `SKF_NET_OFF` (the network header): the IPv4 source at
+/// +12, the last word of the IPv6 source at +20; multiplying by 2^32/phi and keeping the high
+/// half spreads neighbouring addresses.
+fn steer_by_client(socket: &std::net::TcpListener, ipv6: bool, workers: usize) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const SKF_NET_OFF: i32 = -0x10_0000;
+    const LD_W_ABS: u16 = 0x20;
+    const ALU_MUL_K: u16 = 0x24;
+    const ALU_RSH_K: u16 = 0x74;
+    const ALU_MOD_K: u16 = 0x94;
+    const RET_A: u16 = 0x16;
+    let source = SKF_NET_OFF + if ipv6 { 20 } else { 12 };
+    let op = |code: u16, k: u32| libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let mut program = [
+        op(LD_W_ABS, source as u32),
+        op(ALU_MUL_K, 0x9E37_79B1),
+        op(ALU_RSH_K, 16),
+        op(ALU_MOD_K, workers as u32),
+        op(RET_A, 0),
+    ];
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: `fprog` points at `program`, which outlives the call; the kernel copies it.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {

@@ -81,6 +81,7 @@ fn parsing_decoding_and_encoding_allocate_nothing_per_message() {
             keep_alive: true,
             client_version: request.version,
             tunnel: false,
+            extra: b"",
         };
         let _ = response.framing(Method::Post);
         encode::response_head(&mut out, RESPONSE, &response, &reply);

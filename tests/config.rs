@@ -318,6 +318,40 @@ fn load_reports_missing_file() {
 // ---- rejections found by validation ----
 
 #[test]
+fn rate_limits() {
+    let text = format!(
+        "{SERVER}[rate_limits.per_ip]\nkey = \"client_ip\"\nrate = \"10/m\"\nburst = 5\n\
+         [upstreams.api]\nbuiltin = \"echo\"\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\nrate_limit = \"per_ip\"\n"
+    );
+    let config = parse(&text);
+    let policy = &config.rate_limits[0];
+    assert_eq!(
+        (policy.rate, policy.per, policy.burst),
+        (10, Duration::from_secs(60), 5)
+    );
+    assert_eq!((policy.max_keys, policy.headers), (100_000, false));
+    assert_eq!(config.routes[0].rate_limit, Some(0));
+
+    let missing = format!(
+        "{SERVER}[upstreams.api]\nbuiltin = \"echo\"\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\nrate_limit = \"nope\"\n"
+    );
+    assert_rejects(
+        &missing,
+        8,
+        14,
+        "routes[0].rate_limit",
+        "no rate limit named `nope`",
+    );
+    let bad_rate =
+        format!("{SERVER}[rate_limits.x]\nkey = \"route\"\nrate = \"10 per s\"\nburst = 1\n");
+    assert_rejects(&bad_rate, 5, 8, "rate_limits.x.rate", "must look like");
+    let bad_key = format!("{SERVER}[rate_limits.x]\nkey = \"cookie\"\nrate = \"1/s\"\nburst = 1\n");
+    assert_rejects(&bad_key, 4, 7, "rate_limits.x.key", "must be");
+}
+
+#[test]
 fn route_to_missing_upstream() {
     let text = format!(
         "{SERVER}[upstreams.api]\nbuiltin = \"echo\"\n\

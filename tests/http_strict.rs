@@ -530,6 +530,7 @@ fn forwarded_response_heads() {
         keep_alive: true,
         client_version: Version::Http11,
         tunnel: false,
+        extra: b"",
     };
     encode::response_head(&mut out, raw, &head, &reply);
     assert_eq!(
@@ -560,6 +561,7 @@ fn forwarded_response_heads() {
         keep_alive: true,
         client_version: Version::Http10,
         tunnel: false,
+        extra: b"",
     };
     encode::response_head(&mut out, raw, &head, &reply);
     assert_eq!(

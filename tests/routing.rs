@@ -24,6 +24,7 @@ fn route(host: &str, prefix: &str, methods: &[&str]) -> Route {
             body: String::new(),
             headers: Vec::new(),
         },
+        rate_limit: None,
     }
 }
 
@@ -294,7 +295,7 @@ fn reference(routes: &[Route], host: &str, path: &str, method: &str) -> Option<u
             .filter(|(_, r)| {
                 r.methods
                     .as_ref()
-                    .map_or(true, |m| m.iter().any(|m| m == method))
+                    .is_none_or(|m| m.iter().any(|m| m == method))
             })
             // Longest prefix; among equals, the first.
             .max_by_key(|(i, r)| (r.path_prefix.len(), std::cmp::Reverse(*i)));

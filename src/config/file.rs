@@ -17,7 +17,7 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use toml::{Spanned, Value};
 
-use super::{Balance, Builtin, ConfigError, Driver};
+use super::{Balance, Builtin, ConfigError, Driver, Steer};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +29,18 @@ pub(crate) struct File {
     pub(crate) upstreams: BTreeMap<Spanned<String>, UpstreamFile>,
     #[serde(default)]
     pub(crate) routes: Vec<Spanned<RouteFile>>,
+    #[serde(default)]
+    pub(crate) rate_limits: BTreeMap<Spanned<String>, RateLimitFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RateLimitFile {
+    pub(crate) key: Spanned<String>,
+    pub(crate) rate: Spanned<String>,
+    pub(crate) burst: Spanned<i64>,
+    pub(crate) max_keys: Option<Spanned<i64>>,
+    pub(crate) headers: Option<bool>,
 }
 
 /// Durations and sizes are `Value`s so that a bare number gets a message saying which unit to
@@ -48,6 +60,7 @@ pub(crate) struct ServerFile {
     pub(crate) max_request_line: Option<Spanned<Value>>,
     pub(crate) max_head: Option<Spanned<Value>>,
     pub(crate) max_headers: Option<Spanned<i64>>,
+    pub(crate) steer: Option<Steer>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,6 +92,7 @@ pub(crate) struct RouteFile {
     pub(crate) strip_prefix: Option<Spanned<bool>>,
     pub(crate) host_rewrite: Option<Spanned<String>>,
     pub(crate) respond: Option<RespondFile>,
+    pub(crate) rate_limit: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

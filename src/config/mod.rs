@@ -36,6 +36,8 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// In file order; routing precedence does not depend on it (see `routing::RouteTable`).
     pub routes: Vec<Route>,
+    /// `[rate_limits.NAME]` policies, in file order; routes refer to them by index.
+    pub rate_limits: Vec<RateLimit>,
 }
 
 /// `[server]`: the listeners and the workers that serve them.
@@ -58,6 +60,54 @@ pub struct Server {
     /// Request bodies larger than this get 413.
     pub max_body: u64,
     pub limits: Limits,
+    /// How the kernel spreads new connections over the workers.
+    pub steer: Steer,
+}
+
+/// Connection steering across workers. TOML spelling: `"none"`, `"client_ip"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Steer {
+    /// The kernel's SO_REUSEPORT hash of the whole 4-tuple.
+    None,
+    /// A BPF program picks the worker by a hash of the client's address, so every connection
+    /// of one client lands on one worker and per-client limits are exact.
+    ClientIp,
+}
+
+/// `[rate_limits.NAME]`: a token bucket per key, enforced by each worker on its own shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    pub name: String,
+    pub key: LimitKey,
+    /// Tokens added per `per`.
+    pub rate: u64,
+    pub per: Duration,
+    /// Requests allowed at once from a full bucket; at least 1.
+    pub burst: u64,
+    /// Keys one worker tracks; beyond it the least recently used is forgotten.
+    pub max_keys: usize,
+    /// Also send the RateLimit-* headers on allowed responses.
+    pub headers: bool,
+}
+
+/// What a rate limit counts by. TOML spelling: `"client_ip"`, `"header:NAME"`, `"route"`,
+/// `"client_ip+route"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitKey {
+    ClientIp,
+    /// A request header's value (name lowercase); requests without it share one bucket.
+    Header(String),
+    Route,
+    ClientIpAndRoute,
+}
+
+impl LimitKey {
+    /// Whether every request with one key arrives on one connection's client address, so that
+    /// steering by client address makes the key a single worker's alone.
+    pub fn follows_client(&self) -> bool {
+        matches!(self, LimitKey::ClientIp | LimitKey::ClientIpAndRoute)
+    }
 }
 
 /// How many workers to run.
@@ -133,6 +183,8 @@ pub struct Route {
     /// Uppercase; `None` allows every method.
     pub methods: Option<Vec<String>>,
     pub action: Action,
+    /// Index into [`Config::rate_limits`].
+    pub rate_limit: Option<usize>,
 }
 
 /// The Host a route applies to, lowercase, without port or trailing dot.

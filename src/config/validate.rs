@@ -11,11 +11,12 @@ use std::time::Duration;
 use toml::{Spanned, Value};
 
 use super::file::{
-    invalid, position, push_key, AdminFile, File, RespondFile, RouteFile, ServerFile, UpstreamFile,
+    invalid, position, push_key, AdminFile, File, RateLimitFile, RespondFile, RouteFile,
+    ServerFile, UpstreamFile,
 };
 use super::{
-    Action, Admin, Balance, Config, ConfigError, Driver, HostMatch, Route, Server, Upstream,
-    UpstreamKind, Workers,
+    Action, Admin, Balance, Config, ConfigError, Driver, HostMatch, LimitKey, RateLimit, Route,
+    Server, Steer, Upstream, UpstreamKind, Workers,
 };
 use crate::http::Limits;
 
@@ -43,13 +44,80 @@ pub(crate) fn validate(file: File, text: &str, origin: &str) -> Result<Config, C
         .map(|(name, upstream)| self::upstream(&cx, name, upstream))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let routes = routes(&cx, &file.routes, &upstreams)?;
+    let mut policies: Vec<(Spanned<String>, RateLimitFile)> =
+        file.rate_limits.into_iter().collect();
+    policies.sort_by_key(|(name, _)| name.span().start);
+    let rate_limits = policies
+        .iter()
+        .map(|(name, policy)| rate_limit(&cx, name, policy))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let routes = routes(&cx, &file.routes, &upstreams, &rate_limits)?;
     Ok(Config {
         server,
         admin,
         upstreams,
         routes,
+        rate_limits,
     })
+}
+
+fn rate_limit(
+    cx: &Cx,
+    name: &Spanned<String>,
+    file: &RateLimitFile,
+) -> Result<RateLimit, ConfigError> {
+    let field = |f: &str| format!("rate_limits.{}.{f}", name.get_ref());
+    let key = match file.key.get_ref().as_str() {
+        "client_ip" => LimitKey::ClientIp,
+        "route" => LimitKey::Route,
+        "client_ip+route" => LimitKey::ClientIpAndRoute,
+        other => match other.strip_prefix("header:") {
+            Some(header) if is_token(header) => LimitKey::Header(header.to_ascii_lowercase()),
+            _ => {
+                return Err(cx.at(
+                    &file.key,
+                    field("key"),
+                    "must be \"client_ip\", \"header:NAME\", \"route\" or \"client_ip+route\"",
+                ))
+            }
+        },
+    };
+    let (rate, per) = parse_rate(file.rate.get_ref())
+        .map_err(|message| cx.at(&file.rate, field("rate"), message))?;
+    let burst = positive(cx, &file.burst, &field("burst"))? as u64;
+    let max_keys = match &file.max_keys {
+        None => 100_000,
+        Some(n) => positive(cx, n, &field("max_keys"))?,
+    };
+    Ok(RateLimit {
+        name: name.get_ref().clone(),
+        key,
+        rate,
+        per,
+        burst,
+        max_keys,
+        headers: file.headers.unwrap_or(false),
+    })
+}
+
+/// `"100/s"`, `"6000/m"`, `"10/h"`: a positive count per second, minute or hour.
+fn parse_rate(text: &str) -> Result<(u64, Duration), String> {
+    let expected = "must look like \"100/s\", \"6000/m\" or \"10/h\"";
+    let (count, unit) = text.split_once('/').ok_or_else(|| expected.to_string())?;
+    let count: u64 = count
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&n| n >= 1)
+        .ok_or_else(|| expected.to_string())?;
+    let per = match unit.trim() {
+        "s" => Duration::from_secs(1),
+        "m" => Duration::from_secs(60),
+        "h" => Duration::from_secs(3600),
+        _ => return Err(expected.to_string()),
+    };
+    Ok((count, per))
 }
 
 /// What every error needs besides its own offset, key and message.
@@ -200,6 +268,7 @@ fn server(cx: &Cx, file: Option<ServerFile>) -> Result<Server, ConfigError> {
             max_headers,
             ..defaults
         },
+        steer: file.steer.unwrap_or(Steer::None),
     })
 }
 
@@ -312,6 +381,7 @@ fn routes(
     cx: &Cx,
     files: &[Spanned<RouteFile>],
     upstreams: &[Upstream],
+    rate_limits: &[RateLimit],
 ) -> Result<Vec<Route>, ConfigError> {
     let by_name: HashMap<&str, usize> = upstreams
         .iter()
@@ -324,7 +394,17 @@ fn routes(
 
     for (i, spanned) in files.iter().enumerate() {
         let key = format!("routes[{i}]");
-        let route = self::route(cx, spanned, &key, &by_name)?;
+        let mut route = self::route(cx, spanned, &key, &by_name)?;
+        if let Some(name) = &spanned.get_ref().rate_limit {
+            let index = rate_limits.iter().position(|p| &p.name == name.get_ref());
+            route.rate_limit = Some(index.ok_or_else(|| {
+                cx.at(
+                    name,
+                    format!("{key}.rate_limit"),
+                    format!("no rate limit named `{}`", name.get_ref()),
+                )
+            })?);
+        }
         let earlier = claimed
             .entry((route.host.clone(), route.path_prefix.clone()))
             .or_default();
@@ -477,6 +557,7 @@ fn route(
         path_prefix: prefix.clone(),
         methods,
         action,
+        rate_limit: None,
     })
 }
 

@@ -94,7 +94,7 @@ pub enum BodyOut {
 
 /// What the proxy decided about the response it forwards.
 #[derive(Debug, Clone, Copy)]
-pub struct Reply {
+pub struct Reply<'a> {
     pub body: BodyOut,
     /// The client connection stays open after this response.
     pub keep_alive: bool,
@@ -102,11 +102,13 @@ pub struct Reply {
     pub client_version: Version,
     /// A 101 that starts a tunnel: keep Upgrade and say `Connection: upgrade`.
     pub tunnel: bool,
+    /// Whole field lines (`Name: value\r\n`) the gateway adds, e.g. RateLimit-*.
+    pub extra: &'a [u8],
 }
 
 /// Writes the response head to send to the client: the upstream's status, reason and
 /// end-to-end fields, with the framing and connection fields of `reply`.
-pub fn response_head(out: &mut Vec<u8>, buf: &[u8], head: &ResponseHead, reply: &Reply) {
+pub fn response_head(out: &mut Vec<u8>, buf: &[u8], head: &ResponseHead, reply: &Reply<'_>) {
     out.extend_from_slice(b"HTTP/1.1 ");
     status_code(out, head.status);
     out.push(b' ');
@@ -142,6 +144,7 @@ pub fn response_head(out: &mut Vec<u8>, buf: &[u8], head: &ResponseHead, reply: 
         }
         _ => {}
     }
+    out.extend_from_slice(reply.extra);
     connection(out, reply.keep_alive, reply.client_version, reply.tunnel);
     out.extend_from_slice(b"\r\n");
 }

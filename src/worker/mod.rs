@@ -12,14 +12,18 @@ use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::config::Driver;
+use crate::config::{Driver, RateLimit, Steer};
 use crate::metrics::Metrics;
+use crate::ratelimit::{Decision, Limiter};
 use crate::routing::{LocalSnapshot, Snapshot};
 use crate::upstream::pool::Pool;
 use drain::Drain;
 
 pub struct Worker {
     pub id: usize,
+    /// How many workers share the listeners (rate limits not tied to a client are split
+    /// among them).
+    pub workers: usize,
     local: RefCell<LocalSnapshot>,
     /// The snapshot requests use, re-wrapped in an `Rc` so taking it per request costs no
     /// atomic operation; replaced when the shared snapshot's pointer changes.
@@ -29,19 +33,60 @@ pub struct Worker {
     pub metrics: Metrics,
     pub drain: Drain,
     next_conn: Cell<u64>,
+    /// This worker's shard of each rate-limit policy, by name; rebuilt when a reload changes
+    /// the policy.
+    limiters: RefCell<ahash::AHashMap<String, (RateLimit, Limiter)>>,
 }
 
 impl Worker {
-    pub fn new(id: usize, mut local: LocalSnapshot) -> Worker {
+    pub fn new(id: usize, workers: usize, mut local: LocalSnapshot) -> Worker {
         let current = Rc::new(Arc::clone(local.load()));
         Worker {
             id,
+            workers,
             local: RefCell::new(local),
             current: RefCell::new(current),
             pool: Pool::default(),
             metrics: Metrics::default(),
             drain: Drain::default(),
             next_conn: Cell::new(1),
+            limiters: RefCell::new(ahash::AHashMap::new()),
+        }
+    }
+
+    /// Takes a token for `key` from this worker's shard of `policy`; also returns the
+    /// shard's limit for the RateLimit-Limit header.
+    pub fn rate_check(&self, policy: &RateLimit, steer: Steer, key: &[u8]) -> (Decision, u64) {
+        let mut limiters = self.limiters.borrow_mut();
+        let stale = limiters.get(&policy.name).is_none_or(|(p, _)| p != policy);
+        if stale {
+            // A client key steered to this worker is this worker's alone: the full rate.
+            let share = if steer == Steer::ClientIp && policy.key.follows_client() {
+                1
+            } else {
+                self.workers as u64
+            };
+            let limiter = Limiter::new(
+                policy.rate,
+                policy.per,
+                policy.burst,
+                policy.max_keys,
+                share,
+            );
+            limiters.insert(policy.name.clone(), (policy.clone(), limiter));
+        }
+        match limiters.get_mut(&policy.name) {
+            Some((_, limiter)) => (
+                limiter.check(key, std::time::Instant::now()),
+                limiter.limit(),
+            ),
+            None => (
+                Decision::Allow {
+                    remaining: 0,
+                    reset: 0,
+                },
+                0,
+            ),
         }
     }
 

@@ -63,7 +63,7 @@ pub fn httparse_facts(req: &httparse::Request<'_, '_>) -> Facts {
                 f.upgrade |= token.eq_ignore_ascii_case(b"upgrade");
             }
         } else if name.eq_ignore_ascii_case(b"expect") {
-            f.expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
+            f.expect_continue |= h.value.eq_ignore_ascii_case(b"100-continue");
         }
     }
     f
