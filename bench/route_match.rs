@@ -61,6 +61,7 @@ fn route(host: HostMatch, prefix: String, methods: &[&str]) -> Route {
             headers: Vec::new(),
         },
         rate_limit: None,
+        cache: None,
     }
 }
 

@@ -26,6 +26,8 @@ pub enum Error {
     NoRoute,
     #[error("rate limit exceeded")]
     RateLimited,
+    #[error("PURGE from an address not in cache.purge_allow")]
+    PurgeForbidden,
     #[error("upstream refused the connection")]
     UpstreamRefused,
     #[error("upstream connect timed out")]
@@ -61,6 +63,7 @@ impl Error {
             Error::ClientClosed => 400,
             Error::NoRoute => 404,
             Error::RateLimited => 429,
+            Error::PurgeForbidden => 403,
             Error::UpstreamConnectTimeout | Error::UpstreamTimeout => 504,
             Error::UpstreamRefused
             | Error::UpstreamProtocol(_)
@@ -78,6 +81,7 @@ impl Error {
             Error::ClientClosed => "client_closed",
             Error::NoRoute => "no_route",
             Error::RateLimited => "rate_limited",
+            Error::PurgeForbidden => "purge_forbidden",
             Error::UpstreamRefused => "upstream_refused",
             Error::UpstreamConnectTimeout => "upstream_connect_timeout",
             Error::UpstreamTimeout => "upstream_timeout",

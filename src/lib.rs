@@ -8,12 +8,14 @@
 //! - [`config`]: TOML file → validated, typed [`config::Config`];
 //! - [`routing`]: the immutable route table and the lock-free snapshot workers read;
 //! - [`ratelimit`]: a worker's token-bucket shard of a rate-limit policy;
+//! - [`cache`]: a worker's response-cache shard (RFC 9111, byte-bounded, S3-FIFO);
 //! - [`upstream`]: per-worker pools, target choice, the built-in echo upstream;
 //! - [`proxy`]: the request pipeline; [`wire`]: a socket and its buffer;
 //! - [`worker`]: one runtime per core, accept loops, connections, drain;
 //! - [`server`]: binding, starting and stopping workers;
 //! - [`error`], [`metrics`]: failure classes and per-worker counters.
 
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod http;

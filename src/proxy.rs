@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
-use crate::config::{Action, Builtin, LimitKey, Route, Upstream as UpstreamConfig, UpstreamKind};
+use crate::cache::{Hit, Key, Lookup};
+use crate::config::{
+    Action, Builtin, CacheSettings, LimitKey, Route, Upstream as UpstreamConfig, UpstreamKind,
+};
 use crate::error::Error;
 use crate::http::encode::{self, BodyOut, Forward, Generated, Reply};
 use crate::http::{
@@ -54,8 +57,11 @@ pub struct Scratch {
     pub reply: Vec<u8>,
     /// Chunk framing, direct-response fields, rate-limit keys.
     pub chunk: Vec<u8>,
-    /// Field lines the gateway adds to this exchange's response (RateLimit-*).
+    /// Field lines the gateway adds to this exchange's response (RateLimit-*, X-Cache).
     pub extra: Vec<u8>,
+    /// The request head, kept for the cache's admission check once the response arrives
+    /// (the client buffer has moved on by then).
+    pub request: Vec<u8>,
     pub response: ResponseHead,
 }
 
@@ -66,6 +72,7 @@ impl Scratch {
             reply: Vec::with_capacity(4096),
             chunk: Vec::with_capacity(16 * 1024 + 32),
             extra: Vec::with_capacity(256),
+            request: Vec::new(),
             response: ResponseHead::new(limits),
         }
     }
@@ -226,6 +233,44 @@ pub async fn handle(w: &Worker, c: ClientSide<'_>, s: &mut Scratch) -> Next {
             let Some(up) = snap.config.upstreams.get(*upstream) else {
                 return reject(w, c, s, Error::NoRoute, server.max_body).await;
             };
+            // Cache lookup.
+            let mut capture = None;
+            if let (Some(rc), Some(settings)) = (route.cache, &snap.config.cache) {
+                if head.method_span.of(buf) == b"PURGE" {
+                    return purge(w, c, s, settings, keep_alive, server.max_body).await;
+                }
+                let mut waited = false;
+                loop {
+                    let found =
+                        w.with_cache(settings, |cache| cache.lookup(buf, head, Instant::now()));
+                    match found {
+                        Lookup::Hit(hit) => {
+                            return serve_hit(w, c, s, hit, false, keep_alive).await
+                        }
+                        Lookup::NotModified(hit) => {
+                            return serve_hit(w, c, s, hit, true, keep_alive).await
+                        }
+                        // Another request is fetching this URL: wait for it (bounded), then
+                        // look again; past the wait, fetch too.
+                        Lookup::Miss(key) if w.is_fetching(key) && !waited => {
+                            waited = true;
+                            let _ = monoio::time::timeout(up.read_timeout, w.fetched(key)).await;
+                        }
+                        Lookup::Miss(key) => {
+                            s.extra.extend_from_slice(b"X-Cache: MISS\r\n");
+                            capture = Some(Capture {
+                                key,
+                                ttl: rc.ttl,
+                                max_object: settings.max_object,
+                                settings,
+                            });
+                            break;
+                        }
+                        Lookup::Uncacheable => break,
+                    }
+                }
+            }
+            let buf = c.wire.data();
             let forward_path = match strip_prefix {
                 true => strip(path, route),
                 false => path,
@@ -253,6 +298,7 @@ pub async fn handle(w: &Worker, c: ClientSide<'_>, s: &mut Scratch) -> Next {
                         max_body: server.max_body,
                         client_timeout: server.keepalive_timeout,
                         limits: server.limits,
+                        capture,
                     };
                     forward(w, c, s, &ctx).await
                 }
@@ -420,6 +466,111 @@ struct ForwardCtx<'a> {
     max_body: u64,
     client_timeout: Duration,
     limits: Limits,
+    /// A cache miss: store the response under this key if the cache admits it.
+    capture: Option<Capture<'a>>,
+}
+
+#[derive(Clone, Copy)]
+struct Capture<'a> {
+    key: Key,
+    ttl: Option<Duration>,
+    max_object: u64,
+    settings: &'a CacheSettings,
+}
+
+/// `PURGE /path`: drops every stored variant of the URL, for addresses in
+/// `cache.purge_allow`; anyone else gets 403 (counted and logged).
+async fn purge(
+    w: &Worker,
+    c: ClientSide<'_>,
+    s: &mut Scratch,
+    settings: &CacheSettings,
+    keep_alive: bool,
+    max_body: u64,
+) -> Next {
+    let allowed = std::str::from_utf8(c.addr)
+        .ok()
+        .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+        .is_some_and(|ip| settings.purge_allow.iter().any(|b| b.contains(ip)));
+    if !allowed {
+        return reject(w, c, s, Error::PurgeForbidden, max_body).await;
+    }
+    let buf = c.wire.data();
+    let purged = w.with_cache(settings, |cache| {
+        cache.purge(c.head.host(buf), c.head.path.of(buf))
+    });
+    tracing::info!(worker = w.id, purged, "cache purge");
+    s.chunk.clear();
+    s.chunk.extend_from_slice(b"purged ");
+    encode::decimal(&mut s.chunk, purged as u64);
+    s.chunk.push(b'\n');
+    let g = Generated {
+        status: 200,
+        content_type: b"text/plain",
+        body: &s.chunk,
+        extra: b"",
+        keep_alive,
+        client_version: c.head.version,
+        head_only: false,
+    };
+    respond_generated(w, c, &mut s.out, &g, max_body).await
+}
+
+/// Answers from the cache: the stored response (a 304 when `not_modified`), with Age and
+/// `X-Cache: HIT`; the body is the cache's own buffer, not a copy, unless it is small enough
+/// to ride in the head's write.
+async fn serve_hit(
+    w: &Worker,
+    c: ClientSide<'_>,
+    s: &mut Scratch,
+    hit: Hit,
+    not_modified: bool,
+    keep_alive: bool,
+) -> Next {
+    let framing = c.head.framing();
+    let head_only = c.head.method == Method::Head || not_modified;
+    c.wire.consume(c.head.len);
+    let keep = keep_alive && skip_body(c.wire, framing, 64 * 1024).await;
+    s.reply.clear();
+    if not_modified {
+        s.reply.extend_from_slice(b"HTTP/1.1 304 Not Modified\r\n");
+        encode::cached(
+            &mut s.reply,
+            &hit.fields(),
+            hit.age,
+            None,
+            &s.extra,
+            keep,
+            c.head.version,
+        );
+    } else {
+        let len = Some(hit.body.len() as u64);
+        encode::cached(
+            &mut s.reply,
+            &hit.head,
+            hit.age,
+            len,
+            &s.extra,
+            keep,
+            c.head.version,
+        );
+    }
+    let inline = !head_only && hit.body.len() <= 16 * 1024;
+    if inline {
+        s.reply.extend_from_slice(&hit.body);
+    }
+    let (res, buf) = c.wire.send(std::mem::take(&mut s.reply)).await;
+    s.reply = buf;
+    let mut ok = res.is_ok();
+    if ok && !inline && !head_only {
+        ok = c.wire.send_bytes(hit.body).await.is_ok();
+    }
+    w.metrics.response(if not_modified { 304 } else { 200 });
+    if keep && ok {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    }
 }
 
 /// How one forwarding attempt failed.
@@ -449,6 +600,14 @@ async fn forward(w: &Worker, c: ClientSide<'_>, s: &mut Scratch, ctx: &ForwardCt
     // A request may go out twice only if repeating it is harmless and nothing of it but the
     // head has left the client buffer.
     let repeatable = method.is_idempotent() && framing == Framing::Length(0);
+    // A cache miss keeps its head for the admission check, and tells concurrent misses for
+    // the same URL to wait for this fetch.
+    let _fetch = ctx.capture.map(|cap| {
+        s.request.clear();
+        s.request
+            .extend_from_slice(c.wire.data().get(..head.len).unwrap_or_default());
+        w.begin_fetch(cap.key)
+    });
     c.wire.consume(head.len);
     let mut tried_fresh = false;
     let result = loop {
@@ -481,6 +640,7 @@ async fn forward(w: &Worker, c: ClientSide<'_>, s: &mut Scratch, ctx: &ForwardCt
         let attempt = exchange(
             w,
             c.wire,
+            head,
             &mut conn,
             s,
             ctx,
@@ -567,6 +727,7 @@ enum Outcome {
 async fn exchange(
     w: &Worker,
     client: &mut Wire,
+    head: &RequestHead,
     conn: &mut Upstream,
     s: &mut Scratch,
     ctx: &ForwardCtx<'_>,
@@ -604,16 +765,22 @@ async fn exchange(
             max: Some(ctx.max_body),
             limits: ctx.limits,
         };
-        relay(client, &mut conn.wire, &mut s.chunk, &limits)
-            .await
-            .map_err(|e| match e {
-                RelayError::TooLarge => Failure::Before(Error::BodyTooLarge),
-                RelayError::Write => Failure::Before(Error::UpstreamIo),
-                RelayError::Parse(p) => Failure::Before(Error::Request(p)),
-                RelayError::Timeout | RelayError::Read | RelayError::Truncated => {
-                    Failure::After(Error::ClientClosed)
-                }
-            })?;
+        relay(
+            client,
+            &mut conn.wire,
+            &mut s.chunk,
+            &limits,
+            (&mut None, 0),
+        )
+        .await
+        .map_err(|e| match e {
+            RelayError::TooLarge => Failure::Before(Error::BodyTooLarge),
+            RelayError::Write => Failure::Before(Error::UpstreamIo),
+            RelayError::Parse(p) => Failure::Before(Error::Request(p)),
+            RelayError::Timeout | RelayError::Read | RelayError::Truncated => {
+                Failure::After(Error::ClientClosed)
+            }
+        })?;
     }
 
     // The response head; informational responses other than 101 are passed on and skipped.
@@ -653,6 +820,16 @@ async fn exchange(
 
     let status = response.status;
     let framing = response.framing(req.method);
+    // Cache store, part 1: does the cache want this response? The body is collected as it
+    // is relayed, up to max_object.
+    let admitted = ctx.capture.and_then(|cap| {
+        let admission = w.with_cache(cap.settings, |cache| {
+            let data = conn.wire.data();
+            cache.admit(&s.request, head, data, response, cap.ttl, Instant::now())
+        })?;
+        Some((cap, admission))
+    });
+    let mut captured = admitted.as_ref().map(|_| Vec::new());
     let client_http11 = req.version == Version::Http11;
     let tunnel = req.tunnel && status == 101;
     let (body, keep_client) = match framing {
@@ -679,8 +856,11 @@ async fn exchange(
     if let Framing::Length(n) = framing {
         if body != BodyOut::None && n <= 16 * 1024 && conn.wire.data().len() as u64 >= n {
             let n = n as usize;
-            s.reply
-                .extend_from_slice(conn.wire.data().get(..n).unwrap_or_default());
+            let body = conn.wire.data().get(..n).unwrap_or_default();
+            s.reply.extend_from_slice(body);
+            if let Some(captured) = captured.as_mut() {
+                captured.extend_from_slice(body);
+            }
             conn.wire.consume(n);
             rest = Framing::Length(0);
         }
@@ -702,14 +882,27 @@ async fn exchange(
             max: None,
             limits: ctx.limits,
         };
-        relay(&mut conn.wire, client, &mut s.chunk, &relay_cfg)
-            .await
-            .map_err(|e| match e {
-                RelayError::Write => Failure::After(Error::ClientClosed),
-                RelayError::Timeout => Failure::After(Error::UpstreamTimeout),
-                RelayError::Parse(p) => Failure::After(Error::UpstreamProtocol(p)),
-                _ => Failure::After(Error::UpstreamClosed),
-            })?;
+        let keep = admitted.as_ref().map_or(0, |(cap, _)| cap.max_object);
+        relay(
+            &mut conn.wire,
+            client,
+            &mut s.chunk,
+            &relay_cfg,
+            (&mut captured, keep),
+        )
+        .await
+        .map_err(|e| match e {
+            RelayError::Write => Failure::After(Error::ClientClosed),
+            RelayError::Timeout => Failure::After(Error::UpstreamTimeout),
+            RelayError::Parse(p) => Failure::After(Error::UpstreamProtocol(p)),
+            _ => Failure::After(Error::UpstreamClosed),
+        })?;
+    }
+    // Cache store, part 2: the whole body arrived.
+    if let (Some((cap, admission)), Some(body)) = (admitted, captured) {
+        w.with_cache(cap.settings, |cache| {
+            cache.store(cap.key, admission, body.into(), Instant::now())
+        });
     }
     let reusable = upstream_keep
         && framing != Framing::Eof
@@ -750,11 +943,14 @@ enum RelayError {
 
 /// Streams one body from `src` (what is buffered first, then reads) to `dst`: at most one
 /// buffer of it is in memory at a time.
+/// `capture` collects the body for the cache while it stays within its limit, and is
+/// dropped once it would not.
 async fn relay(
     src: &mut Wire,
     dst: &mut Wire,
     chunk: &mut Vec<u8>,
     r: &Relay,
+    (capture, capture_max): (&mut Option<Vec<u8>>, u64),
 ) -> Result<u64, RelayError> {
     let mut dec = BodyDecoder::new(r.framing, &r.limits);
     let mut total = 0u64;
@@ -774,6 +970,12 @@ async fn relay(
             total += len as u64;
             if r.max.is_some_and(|max| total > max) {
                 return Err(RelayError::TooLarge);
+            }
+            if total > capture_max {
+                *capture = None;
+            }
+            if let Some(body) = capture.as_mut() {
+                body.extend_from_slice(src.data().get(d.data.clone()).unwrap_or_default());
             }
             match r.reframe {
                 Reframe::Raw => dst

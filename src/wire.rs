@@ -80,6 +80,11 @@ impl Wire {
         (res.map(drop), data)
     }
 
+    /// Writes shared bytes (a cached body) without copying them.
+    pub async fn send_bytes(&mut self, data: bytes::Bytes) -> io::Result<()> {
+        self.stream.write_all(data).await.0.map(drop)
+    }
+
     pub async fn send_static(&mut self, data: &'static [u8]) -> io::Result<()> {
         self.stream.write_all(data).await.0.map(drop)
     }

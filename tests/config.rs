@@ -352,6 +352,30 @@ fn rate_limits() {
 }
 
 #[test]
+fn cache_settings() {
+    let text = format!(
+        "{SERVER}[cache]\nmemory = \"64MiB\"\npurge_allow = [\"10.0.0.0/8\", \"::1\"]\n\
+         [upstreams.api]\nbuiltin = \"echo\"\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\ncache = {{ ttl = \"30s\" }}\n"
+    );
+    let config = parse(&text);
+    let cache = config.cache.as_ref().unwrap();
+    assert_eq!((cache.memory, cache.max_object), (64 << 20, 1 << 20));
+    assert!(cache.purge_allow[0].contains("10.1.2.3".parse().unwrap()));
+    assert!(!cache.purge_allow[0].contains("11.0.0.1".parse().unwrap()));
+    assert!(cache.purge_allow[1].contains("::1".parse().unwrap()));
+    assert_eq!(config.routes[0].cache.unwrap().ttl, Some(Duration::from_secs(30)));
+
+    let no_section = format!(
+        "{SERVER}[upstreams.api]\nbuiltin = \"echo\"\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\ncache = true\n"
+    );
+    assert_rejects(&no_section, 8, 9, "routes[0].cache", "needs a [cache] section");
+    let bad_block = format!("{SERVER}[cache]\npurge_allow = [\"10.0.0.0/33\"]\n");
+    assert_rejects(&bad_block, 4, 16, "cache.purge_allow[0]", "address block");
+}
+
+#[test]
 fn route_to_missing_upstream() {
     let text = format!(
         "{SERVER}[upstreams.api]\nbuiltin = \"echo\"\n\

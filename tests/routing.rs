@@ -25,6 +25,7 @@ fn route(host: &str, prefix: &str, methods: &[&str]) -> Route {
             headers: Vec::new(),
         },
         rate_limit: None,
+        cache: None,
     }
 }
 

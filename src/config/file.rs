@@ -31,6 +31,16 @@ pub(crate) struct File {
     pub(crate) routes: Vec<Spanned<RouteFile>>,
     #[serde(default)]
     pub(crate) rate_limits: BTreeMap<Spanned<String>, RateLimitFile>,
+    pub(crate) cache: Option<CacheFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CacheFile {
+    pub(crate) memory: Option<Spanned<Value>>,
+    pub(crate) max_object: Option<Spanned<Value>>,
+    #[serde(default)]
+    pub(crate) purge_allow: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,6 +103,8 @@ pub(crate) struct RouteFile {
     pub(crate) host_rewrite: Option<Spanned<String>>,
     pub(crate) respond: Option<RespondFile>,
     pub(crate) rate_limit: Option<Spanned<String>>,
+    /// `true`, `false` or `{ ttl = "60s" }`.
+    pub(crate) cache: Option<Spanned<Value>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -38,6 +38,47 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// `[rate_limits.NAME]` policies, in file order; routes refer to them by index.
     pub rate_limits: Vec<RateLimit>,
+    /// `[cache]`: present when responses may be cached (routes opt in with `cache`).
+    pub cache: Option<CacheSettings>,
+}
+
+/// `[cache]`: the response cache, split evenly over the workers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// Bytes for all workers together.
+    pub memory: u64,
+    /// Larger responses are not stored.
+    pub max_object: u64,
+    /// Who may send `PURGE`.
+    pub purge_allow: Vec<Cidr>,
+}
+
+/// An address block such as `127.0.0.0/8` or `::1/128`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 /// `[server]`: the listeners and the workers that serve them.
@@ -185,6 +226,14 @@ pub struct Route {
     pub action: Action,
     /// Index into [`Config::rate_limits`].
     pub rate_limit: Option<usize>,
+    /// `cache = true` or `cache = { ttl = "60s" }`: responses may be cached; the TTL applies
+    /// only to responses that allow caching without giving a lifetime.
+    pub cache: Option<RouteCache>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteCache {
+    pub ttl: Option<Duration>,
 }
 
 /// The Host a route applies to, lowercase, without port or trailing dot.

@@ -11,12 +11,12 @@ use std::time::Duration;
 use toml::{Spanned, Value};
 
 use super::file::{
-    invalid, position, push_key, AdminFile, File, RateLimitFile, RespondFile, RouteFile,
+    invalid, position, push_key, AdminFile, CacheFile, File, RateLimitFile, RespondFile, RouteFile,
     ServerFile, UpstreamFile,
 };
 use super::{
-    Action, Admin, Balance, Config, ConfigError, Driver, HostMatch, LimitKey, RateLimit, Route,
-    Server, Steer, Upstream, UpstreamKind, Workers,
+    Action, Admin, Balance, CacheSettings, Cidr, Config, ConfigError, Driver, HostMatch, LimitKey,
+    RateLimit, Route, RouteCache, Server, Steer, Upstream, UpstreamKind, Workers,
 };
 use crate::http::Limits;
 
@@ -52,14 +52,115 @@ pub(crate) fn validate(file: File, text: &str, origin: &str) -> Result<Config, C
         .map(|(name, policy)| rate_limit(&cx, name, policy))
         .collect::<Result<Vec<_>, _>>()?;
 
+    let cache = file
+        .cache
+        .as_ref()
+        .map(|cache| self::cache(&cx, cache))
+        .transpose()?;
     let routes = routes(&cx, &file.routes, &upstreams, &rate_limits)?;
+    for (i, spanned) in file.routes.iter().enumerate() {
+        let route = &routes[i];
+        if let (Some(_), Some(value)) = (route.cache, &spanned.get_ref().cache) {
+            if cache.is_none() {
+                return Err(cx.at(
+                    value,
+                    format!("routes[{i}].cache"),
+                    "needs a [cache] section (its memory and max_object)",
+                ));
+            }
+            if !matches!(route.action, Action::Proxy { .. }) {
+                return Err(cx.at(
+                    value,
+                    format!("routes[{i}].cache"),
+                    "only applies to routes with an `upstream`",
+                ));
+            }
+        }
+    }
     Ok(Config {
         server,
         admin,
         upstreams,
         routes,
         rate_limits,
+        cache,
     })
+}
+
+fn cache(cx: &Cx, file: &CacheFile) -> Result<CacheSettings, ConfigError> {
+    let memory = size(cx, file.memory.as_ref(), "cache.memory", 256 * MIB)?;
+    let max_object = size(cx, file.max_object.as_ref(), "cache.max_object", MIB)?;
+    if max_object == 0 || max_object > memory {
+        let at = file.max_object.as_ref().map_or(0, |v| v.span().start);
+        return Err(cx.error(
+            at,
+            "cache.max_object",
+            "must be between 1 byte and cache.memory",
+        ));
+    }
+    let mut purge_allow = Vec::with_capacity(file.purge_allow.len());
+    for (i, block) in file.purge_allow.iter().enumerate() {
+        let cidr = parse_cidr(block.get_ref()).ok_or_else(|| {
+            cx.at(
+                block,
+                format!("cache.purge_allow[{i}]"),
+                "must be an address block such as \"127.0.0.1/32\" or \"::1/128\"",
+            )
+        })?;
+        purge_allow.push(cidr);
+    }
+    Ok(CacheSettings {
+        memory,
+        max_object,
+        purge_allow,
+    })
+}
+
+/// `ADDR/PREFIX`, or a bare address (a block of one).
+fn parse_cidr(text: &str) -> Option<Cidr> {
+    let (addr, prefix) = match text.split_once('/') {
+        Some((addr, prefix)) => (addr, Some(prefix)),
+        None => (text, None),
+    };
+    let addr: std::net::IpAddr = addr.parse().ok()?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        Some(p) => p.parse::<u8>().ok().filter(|&p| p <= max)?,
+        None => max,
+    };
+    Some(Cidr { addr, prefix })
+}
+
+/// `cache = true | false | { ttl = "60s" }` on a route.
+fn route_cache(
+    cx: &Cx,
+    value: &Spanned<Value>,
+    key: &str,
+) -> Result<Option<RouteCache>, ConfigError> {
+    match value.get_ref() {
+        Value::Boolean(false) => Ok(None),
+        Value::Boolean(true) => Ok(Some(RouteCache { ttl: None })),
+        Value::Table(table) => {
+            if let Some(other) = table.keys().find(|k| k.as_str() != "ttl") {
+                return Err(cx.at(value, format!("{key}.{other}"), "unknown key (only `ttl`)"));
+            }
+            let ttl = match table.get("ttl") {
+                None => None,
+                Some(Value::String(s)) => {
+                    Some(parse_duration(s).map_err(|m| cx.at(value, format!("{key}.ttl"), m))?)
+                }
+                Some(_) => {
+                    return Err(cx.at(
+                        value,
+                        format!("{key}.ttl"),
+                        "expected a duration such as \"60s\"",
+                    ))
+                }
+            };
+            Ok(Some(RouteCache { ttl }))
+        }
+        _ => Err(cx.at(value, key, "must be true, false or { ttl = \"60s\" }")),
+    }
 }
 
 fn rate_limit(
@@ -558,6 +659,10 @@ fn route(
         methods,
         action,
         rate_limit: None,
+        cache: match &file.cache {
+            None => None,
+            Some(value) => route_cache(cx, value, &field("cache"))?,
+        },
     })
 }
 

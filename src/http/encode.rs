@@ -149,6 +149,31 @@ pub fn response_head(out: &mut Vec<u8>, buf: &[u8], head: &ResponseHead, reply: 
     out.extend_from_slice(b"\r\n");
 }
 
+/// A response served from the cache: `head` is a status line and end-to-end fields as the
+/// cache stored them (or, for a 304, fields after a status line the caller wrote); then Age,
+/// `X-Cache: HIT`, the gateway's `extra` lines, the length (none for a 304) and the
+/// connection fields.
+pub fn cached(
+    out: &mut Vec<u8>,
+    head: &[u8],
+    age: u64,
+    body_len: Option<u64>,
+    extra: &[u8],
+    keep_alive: bool,
+    client_version: Version,
+) {
+    out.extend_from_slice(head);
+    out.extend_from_slice(b"Age: ");
+    decimal(out, age);
+    out.extend_from_slice(b"\r\nX-Cache: HIT\r\n");
+    out.extend_from_slice(extra);
+    if let Some(n) = body_len {
+        content_length(out, n);
+    }
+    connection(out, keep_alive, client_version, false);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// A response the gateway makes itself (errors, direct routes). `extra` holds whole field
 /// lines (`Name: value\r\n`), written as given; `head_only` leaves out the body but keeps its
 /// length (a HEAD request).

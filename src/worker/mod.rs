@@ -8,11 +8,14 @@ pub mod conn;
 pub mod drain;
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 
-use crate::config::{Driver, RateLimit, Steer};
+use crate::cache::{Cache, CacheConfig, Key};
+use crate::config::{CacheSettings, Driver, RateLimit, Steer};
 use crate::metrics::Metrics;
 use crate::ratelimit::{Decision, Limiter};
 use crate::routing::{LocalSnapshot, Snapshot};
@@ -36,6 +39,10 @@ pub struct Worker {
     /// This worker's shard of each rate-limit policy, by name; rebuilt when a reload changes
     /// the policy.
     limiters: RefCell<ahash::AHashMap<String, (RateLimit, Limiter)>>,
+    /// This worker's cache shard, rebuilt when a reload changes `[cache]`.
+    cache: RefCell<Option<(CacheSettings, Cache)>>,
+    /// Cache misses being fetched, with the requests waiting for them (coalescing).
+    fetching: RefCell<ahash::AHashMap<Key, Vec<Waker>>>,
 }
 
 impl Worker {
@@ -51,7 +58,49 @@ impl Worker {
             drain: Drain::default(),
             next_conn: Cell::new(1),
             limiters: RefCell::new(ahash::AHashMap::new()),
+            cache: RefCell::new(None),
+            fetching: RefCell::new(ahash::AHashMap::new()),
         }
+    }
+
+    /// Runs `f` on this worker's cache shard for `settings` (its share of the memory).
+    pub fn with_cache<R>(&self, settings: &CacheSettings, f: impl FnOnce(&mut Cache) -> R) -> R {
+        let mut cache = self.cache.borrow_mut();
+        if cache.as_ref().is_some_and(|(s, _)| s != settings) {
+            *cache = None;
+        }
+        let (_, shard) = cache.get_or_insert_with(|| {
+            let shard = CacheConfig {
+                memory: usize::try_from(settings.memory / self.workers.max(1) as u64)
+                    .unwrap_or(usize::MAX),
+                max_object: usize::try_from(settings.max_object).unwrap_or(usize::MAX),
+                default_ttl: None,
+            };
+            (settings.clone(), Cache::new(shard))
+        });
+        f(shard)
+    }
+
+    /// Whether a request for `key` is being fetched already.
+    pub fn is_fetching(&self, key: Key) -> bool {
+        self.fetching.borrow().contains_key(&key)
+    }
+
+    /// Marks `key` as being fetched until the guard drops, which wakes the waiters.
+    pub fn begin_fetch(&self, key: Key) -> Fetch<'_> {
+        self.fetching.borrow_mut().insert(key, Vec::new());
+        Fetch { worker: self, key }
+    }
+
+    /// Resolves when nobody fetches `key` any more.
+    pub fn fetched(&self, key: Key) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| match self.fetching.borrow_mut().get_mut(&key) {
+            Some(waiters) => {
+                waiters.push(cx.waker().clone());
+                Poll::Pending
+            }
+            None => Poll::Ready(()),
+        })
     }
 
     /// Takes a token for `key` from this worker's shard of `policy`; also returns the
@@ -109,6 +158,21 @@ impl Worker {
         let id = self.next_conn.get();
         self.next_conn.set(id + 1);
         id
+    }
+}
+
+/// A cache miss being fetched; dropping it (stored or failed) lets the waiters look again.
+pub struct Fetch<'a> {
+    worker: &'a Worker,
+    key: Key,
+}
+
+impl Drop for Fetch<'_> {
+    fn drop(&mut self) {
+        let waiters = self.worker.fetching.borrow_mut().remove(&self.key);
+        for waker in waiters.into_iter().flatten() {
+            waker.wake();
+        }
     }
 }
 
