@@ -375,7 +375,7 @@ fn stream_large_bodies(driver: &str) {
         (0..SIZE / block.len() as u64).all(|_| s.write_all(&block).is_ok())
     });
     let gw = Gateway::start(&config(
-        "auto",
+        driver,
         &up.addr.to_string(),
         "max_body = \"1GiB\"",
         "",
