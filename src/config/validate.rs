@@ -786,9 +786,7 @@ fn is_authority(host: &str) -> bool {
 
 /// RFC 9110 §5.6.2 `token`: method and header names.
 fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty() && s.bytes().all(crate::http::chars::is_tchar)
 }
 
 fn socket_addr(cx: &Cx, value: &Spanned<String>, key: &str) -> Result<SocketAddr, ConfigError> {

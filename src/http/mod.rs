@@ -8,7 +8,7 @@
 //! - [`limits`]: every bound a peer can run into; [`error`]: what breaking a rule costs.
 
 pub mod body;
-mod chars;
+pub(crate) mod chars;
 pub mod encode;
 pub mod error;
 pub mod limits;

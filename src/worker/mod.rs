@@ -208,9 +208,7 @@ where
 {
     if driver != Driver::Epoll {
         let mut tuned = io_uring::IoUring::builder();
-        tuned
-            .setup_coop_taskrun()
-            .setup_single_issuer();
+        tuned.setup_coop_taskrun().setup_single_issuer();
         let mut last_error = None;
         for ring in [tuned, io_uring::IoUring::builder()] {
             let built = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
