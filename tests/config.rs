@@ -364,13 +364,22 @@ fn cache_settings() {
     assert!(cache.purge_allow[0].contains("10.1.2.3".parse().unwrap()));
     assert!(!cache.purge_allow[0].contains("11.0.0.1".parse().unwrap()));
     assert!(cache.purge_allow[1].contains("::1".parse().unwrap()));
-    assert_eq!(config.routes[0].cache.unwrap().ttl, Some(Duration::from_secs(30)));
+    assert_eq!(
+        config.routes[0].cache.unwrap().ttl,
+        Some(Duration::from_secs(30))
+    );
 
     let no_section = format!(
         "{SERVER}[upstreams.api]\nbuiltin = \"echo\"\n\
          [[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\ncache = true\n"
     );
-    assert_rejects(&no_section, 8, 9, "routes[0].cache", "needs a [cache] section");
+    assert_rejects(
+        &no_section,
+        8,
+        9,
+        "routes[0].cache",
+        "needs a [cache] section",
+    );
     let bad_block = format!("{SERVER}[cache]\npurge_allow = [\"10.0.0.0/33\"]\n");
     assert_rejects(&bad_block, 4, 16, "cache.purge_allow[0]", "address block");
 }
