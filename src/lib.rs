@@ -12,11 +12,12 @@
 //! - [`upstream`]: per-worker pools, target choice, the built-in echo upstream;
 //! - [`proxy`]: the request pipeline; [`wire`]: a socket and its buffer;
 //! - [`worker`]: one runtime per core, accept loops, connections, drain;
-//! - [`server`]: binding, starting and stopping workers;
+//! - [`server`]: binding, starting and stopping workers; [`control`]: sd_notify;
 //! - [`error`], [`metrics`]: failure classes and per-worker counters.
 
 pub mod cache;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod http;
 pub mod metrics;

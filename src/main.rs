@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ringgate::config::{self, Config};
+use ringgate::control::notify::Notifier;
 use ringgate::server::Server;
 
 #[global_allocator]
@@ -103,15 +104,24 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
     // Blocked before the workers start, so they inherit the mask and only sigwait below sees
     // these signals.
     let signals = block_signals();
+    let notifier = Notifier::from_env().context("NOTIFY_SOCKET")?;
     let server = Server::start(config).context("start-up failed")?;
     for addr in &server.addrs {
         tracing::info!("listening on {addr}");
     }
     tracing::info!(config = %origin, workers = server.drivers.len(), "ready");
+    notify(&notifier, "READY=1");
     loop {
         match wait_for(&signals) {
-            libc::SIGHUP => reload(&server, path.as_deref()),
+            libc::SIGHUP => {
+                if let Err(e) = notifier.reloading() {
+                    tracing::warn!("sd_notify: {e}");
+                }
+                reload(&server, path.as_deref());
+                notify(&notifier, "READY=1");
+            }
             sig => {
+                notify(&notifier, "STOPPING=1");
                 tracing::info!(signal = sig, ?drain_timeout, "draining");
                 if server.shutdown(drain_timeout) {
                     tracing::info!("stopped");
@@ -121,6 +131,13 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
                 return Ok(());
             }
         }
+    }
+}
+
+/// Tells systemd (if it is listening) about a state change; a failure is logged, not fatal.
+fn notify(notifier: &Notifier, state: &str) {
+    if let Err(e) = notifier.send(state) {
+        tracing::warn!("sd_notify {state}: {e}");
     }
 }
 

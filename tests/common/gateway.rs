@@ -27,10 +27,16 @@ impl Gateway {
     /// Starts the gateway on `toml` (`{listen}` is replaced by an ephemeral 127.0.0.1 port)
     /// and waits for its "ready" line.
     pub fn start(toml: &str) -> Gateway {
+        Gateway::start_with_env(toml, &[])
+    }
+
+    /// As [`Gateway::start`], with extra environment variables (e.g. NOTIFY_SOCKET).
+    pub fn start_with_env(toml: &str, env: &[(&str, &str)]) -> Gateway {
         let config = TempFile::new("toml", toml.replace("{listen}", "127.0.0.1:0").as_bytes());
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringgate"))
             .args(["run", "--config"])
             .arg(&config.path)
+            .envs(env.iter().copied())
             .env("RINGGATE_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -72,6 +78,25 @@ impl Gateway {
             if line.contains(needle) {
                 return line;
             }
+        }
+    }
+
+    /// The config file the gateway runs on (rewrite it, then SIGHUP, to reload).
+    pub fn config_path(&self) -> &std::path::Path {
+        &self._config.path
+    }
+
+    /// Waits for the `n`th log line (counting from the start) containing `needle`.
+    pub fn wait_for_nth_line(&mut self, needle: &str, n: usize) -> String {
+        loop {
+            let seen: Vec<&String> = self.log.iter().filter(|l| l.contains(needle)).collect();
+            if let Some(line) = seen.get(n - 1) {
+                return (*line).clone();
+            }
+            let line = self.lines.recv_timeout(PATIENCE).unwrap_or_else(|_| {
+                panic!("no log line {n} with {needle:?}; log: {:#?}", self.log)
+            });
+            self.log.push(line);
         }
     }
 

@@ -1,0 +1,131 @@
+//! Operating the running gateway: sd_notify states for a `Type=notify` unit, reloads that
+//! move traffic without failing a request, and a broken reload that changes nothing.
+
+#[path = "common/gateway.rs"]
+mod gateway;
+
+use std::io::{BufReader, Write};
+use std::net::SocketAddr;
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use gateway::{read_response, Gateway, TempFile, Upstream, PATIENCE};
+
+/// One route to `upstream`, on the given listen address (after the first start, the port the
+/// gateway got, so a reload keeps it).
+fn config(listen: &str, upstream: SocketAddr) -> String {
+    format!(
+        r#"
+[server]
+listen = ["{listen}"]
+workers = 2
+pin = false
+
+[upstreams.backend]
+targets = ["{upstream}"]
+
+[[routes]]
+path_prefix = "/"
+upstream = "backend"
+"#
+    )
+}
+
+#[test]
+fn sd_notify_ready_reloading_stopping() {
+    let socket_file = TempFile::new("sock", b"");
+    std::fs::remove_file(&socket_file.path).unwrap();
+    let systemd = UnixDatagram::bind(&socket_file.path).unwrap();
+    systemd.set_read_timeout(Some(PATIENCE)).unwrap();
+    let recv = || {
+        let mut buf = [0u8; 256];
+        let n = systemd.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let up = Upstream::ok("x");
+    let path = socket_file.path.to_str().unwrap();
+    let mut gw = Gateway::start_with_env(&config("{listen}", up.addr), &[("NOTIFY_SOCKET", path)]);
+    assert_eq!(recv(), "READY=1");
+    gw.signal("HUP");
+    let reloading = recv();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    assert_eq!(recv(), "READY=1");
+    gw.signal("TERM");
+    assert_eq!(recv(), "STOPPING=1");
+    assert!(gw.wait_exit().success());
+}
+
+#[test]
+fn twenty_reloads_move_traffic_without_a_failed_request() {
+    let a = Upstream::ok("a");
+    let b = Upstream::ok("b");
+    let mut gw = Gateway::start(&config("{listen}", a.addr));
+    let listen = gw.addr.to_string();
+    let addr = gw.addr;
+
+    // A steady request loop on its own keep-alive connections, counting failures.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let looper = {
+        let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+        std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(PATIENCE)).unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            while !stop.load(Ordering::Relaxed) {
+                s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+                let (status, _, _) = read_response(&mut r);
+                sent.fetch_add(1, Ordering::Relaxed);
+                if status != 200 {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+
+    for i in 1..=20 {
+        let (target, expect) = if i % 2 == 1 { (&b, "b") } else { (&a, "a") };
+        std::fs::write(gw.config_path(), config(&listen, target.addr)).unwrap();
+        gw.signal("HUP");
+        gw.wait_for_nth_line("reloaded", i);
+        // A new connection after the reload sees the new route at once.
+        let (status, _, body) = gateway::exchange(&gw, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(
+            (status, body.as_slice()),
+            (200, expect.as_bytes()),
+            "after reload {i}"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    looper.join().unwrap();
+    assert!(sent.load(Ordering::Relaxed) > 0);
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "failed requests during reloads"
+    );
+    assert!(!a.requests().is_empty() && !b.requests().is_empty());
+}
+
+#[test]
+fn a_broken_reload_is_refused_and_traffic_keeps_flowing() {
+    let up = Upstream::ok("old");
+    let mut gw = Gateway::start(&config("{listen}", up.addr));
+    std::fs::write(
+        gw.config_path(),
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"nope\"\n",
+    )
+    .unwrap();
+    gw.signal("HUP");
+    let line = gw.wait_for_line("reload failed");
+    assert!(
+        line.contains(":6:12:") && line.contains("routes[0].upstream"),
+        "{line}"
+    );
+    let (status, _, body) = gateway::exchange(&gw, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!((status, body.as_slice()), (200, &b"old"[..]));
+}
