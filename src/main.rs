@@ -3,12 +3,16 @@
 
 use std::io::IsTerminal;
 use std::mem::MaybeUninit;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ringgate::config::{self, Config};
+use ringgate::control::admin::{self, AdminState};
 use ringgate::control::notify::Notifier;
 use ringgate::server::Server;
 
@@ -101,6 +105,7 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
             p.display().to_string()
         });
     let drain_timeout = config.server.drain_timeout;
+    let admin = config.admin.as_ref().map(|a| a.listen);
     // Blocked before the workers start, so they inherit the mask and only sigwait below sees
     // these signals.
     let signals = block_signals();
@@ -108,6 +113,18 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
     let server = Server::start(config).context("start-up failed")?;
     for addr in &server.addrs {
         tracing::info!("listening on {addr}");
+    }
+    let admin_state = Arc::new(AdminState {
+        control: server.control(),
+        snapshot: server.snapshot(),
+        workers: server.drivers.len(),
+        draining: AtomicBool::new(false),
+    });
+    if let Some(addr) = admin {
+        let listener =
+            TcpListener::bind(addr).with_context(|| format!("admin listener on {addr}"))?;
+        tracing::info!("admin listening on {}", listener.local_addr()?);
+        admin::spawn(listener, Arc::clone(&admin_state)).context("admin thread")?;
     }
     tracing::info!(config = %origin, workers = server.drivers.len(), "ready");
     notify(&notifier, "READY=1");
@@ -122,6 +139,7 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
             }
             sig => {
                 notify(&notifier, "STOPPING=1");
+                admin_state.draining.store(true, Ordering::Relaxed);
                 tracing::info!(signal = sig, ?drain_timeout, "draining");
                 if server.shutdown(drain_timeout) {
                     tracing::info!("stopped");

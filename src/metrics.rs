@@ -35,6 +35,37 @@ impl Metrics {
         *self.errors.borrow_mut().entry(label).or_default() += 1;
     }
 
+    /// This worker's counters as `name{labels} value` lines, for the control thread to sum
+    /// over workers (see `control::admin`).
+    pub fn export(&self, open_connections: usize) -> String {
+        let mut out = String::new();
+        let mut line = |name: &str, value: u64| out.push_str(&format!("{name} {value}\n"));
+        line("ringgate_connections_total", self.connections.get());
+        line(
+            "ringgate_connections_refused_total",
+            self.connections_refused.get(),
+        );
+        line("ringgate_connections_open", open_connections as u64);
+        line("ringgate_requests_total", self.requests.get());
+        for class in 1..6 {
+            let name = format!("ringgate_responses_total{{class=\"{class}xx\"}}");
+            line(&name, self.responses[class].get());
+        }
+        line(
+            "ringgate_upstream_connects_total",
+            self.upstream_connects.get(),
+        );
+        line("ringgate_upstream_reused_total", self.upstream_reused.get());
+        line(
+            "ringgate_upstream_retries_total",
+            self.upstream_retries.get(),
+        );
+        for (reason, n) in self.errors.borrow().iter() {
+            line(&format!("ringgate_errors_total{{reason=\"{reason}\"}}"), *n);
+        }
+        out
+    }
+
     /// One line for the log when the worker stops.
     pub fn summary(&self) -> String {
         let classes: Vec<String> = (1..6)

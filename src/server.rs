@@ -2,15 +2,16 @@
 //! starts one pinned worker thread per core, publishes new routing snapshots, and drains the
 //! workers on shutdown. `main` drives it from signals; tests start it on port 0.
 
-use std::io;
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::rc::Rc;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use monoio::io::AsyncReadRent;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::{Config, Steer, Workers};
@@ -31,7 +32,7 @@ pub struct Server {
     pub addrs: Vec<SocketAddr>,
     pub drivers: Vec<RunningDriver>,
     snapshot: Arc<SharedSnapshot>,
-    control: Vec<UnixStream>,
+    control: Arc<Control>,
     done: mpsc::Receiver<usize>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -85,7 +86,7 @@ impl Server {
                         }
                         tracing::info!(worker = id, driver = %running, core = ?core.map(|c| c.id), "worker started");
                         let _ = ready.send(Ok(running));
-                        wait_for_stop(theirs).await;
+                        control_loop(theirs, &w).await;
                         tracing::info!(worker = id, connections = w.drain.connections(), "worker draining");
                         w.drain.start();
                         w.drain.all_closed().await;
@@ -114,10 +115,22 @@ impl Server {
             addrs,
             drivers,
             snapshot,
-            control,
+            control: Arc::new(Control {
+                workers: Mutex::new(control),
+            }),
             done,
             threads,
         })
+    }
+
+    /// The line to the workers, for the admin listener.
+    pub fn control(&self) -> Arc<Control> {
+        Arc::clone(&self.control)
+    }
+
+    /// The shared routing snapshot, for the admin listener.
+    pub fn snapshot(&self) -> Arc<SharedSnapshot> {
+        Arc::clone(&self.snapshot)
     }
 
     /// Publishes a new configuration's routes and upstreams to every worker. Listeners and
@@ -129,9 +142,7 @@ impl Server {
     /// Stops accepting, lets in-flight requests finish and closes idle connections; returns
     /// false if `drain_timeout` passed with connections still open.
     pub fn shutdown(self, drain_timeout: Duration) -> bool {
-        for mut ctl in &self.control {
-            let _ = io::Write::write_all(&mut ctl, b"x");
-        }
+        self.control.stop();
         let deadline = Instant::now() + drain_timeout;
         let mut stopped = 0;
         while stopped < self.threads.len() {
@@ -148,12 +159,65 @@ impl Server {
     }
 }
 
-/// Waits for the control thread's stop byte (or its end).
-async fn wait_for_stop(ctl: UnixStream) {
+/// Serves the control thread on a worker: `m` asks for the worker's counters (answered as a
+/// length-prefixed text block), `s` (or the socket's end) stops it.
+async fn control_loop(ctl: UnixStream, w: &Worker) {
     let Ok(mut ctl) = monoio::net::UnixStream::from_std(ctl) else {
         return;
     };
-    let _ = ctl.read(vec![0u8; 1]).await;
+    loop {
+        let (res, buf) = ctl.read(Vec::with_capacity(1)).await;
+        match (res, buf.first()) {
+            (Ok(1), Some(b'm')) => {
+                let text = w.metrics.export(w.drain.connections());
+                let mut msg = (text.len() as u32).to_le_bytes().to_vec();
+                msg.extend_from_slice(text.as_bytes());
+                if ctl.write_all(msg).await.0.is_err() {
+                    return;
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
+/// The control thread's line to every worker. A `Mutex` is fine here: only the control plane
+/// (signals, the admin listener) takes it, never a request.
+pub struct Control {
+    workers: Mutex<Vec<UnixStream>>,
+}
+
+impl Control {
+    /// Every worker's counters, summed by metric (labels included).
+    pub fn metrics(&self) -> io::Result<BTreeMap<String, u64>> {
+        let workers = self
+            .workers
+            .lock()
+            .map_err(|_| io::Error::other("poisoned"))?;
+        let mut sum = BTreeMap::new();
+        for mut ctl in workers.iter() {
+            ctl.set_read_timeout(Some(Duration::from_secs(5)))?;
+            ctl.write_all(b"m")?;
+            let mut len = [0u8; 4];
+            ctl.read_exact(&mut len)?;
+            let mut text = vec![0u8; u32::from_le_bytes(len) as usize];
+            ctl.read_exact(&mut text)?;
+            for line in String::from_utf8_lossy(&text).lines() {
+                if let Some((name, value)) = line.rsplit_once(' ') {
+                    *sum.entry(name.to_owned()).or_default() += value.parse::<u64>().unwrap_or(0);
+                }
+            }
+        }
+        Ok(sum)
+    }
+
+    fn stop(&self) {
+        if let Ok(workers) = self.workers.lock() {
+            for mut ctl in workers.iter() {
+                let _ = ctl.write_all(b"s");
+            }
+        }
+    }
 }
 
 /// One listening socket per worker per address, all in one SO_REUSEPORT group per address;

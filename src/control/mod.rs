@@ -1,4 +1,5 @@
-//! The control plane's ties to the host: service-manager notifications ([`notify`]). Nothing
-//! here runs on a worker thread.
+//! The control plane: the operator's admin listener ([`admin`]) and service-manager
+//! notifications ([`notify`]). Nothing here runs on a worker thread.
 
+pub mod admin;
 pub mod notify;

@@ -58,6 +58,11 @@ impl SharedSnapshot {
         }
     }
 
+    /// The generation of the snapshot now current.
+    pub fn generation(&self) -> u64 {
+        self.current.load().generation
+    }
+
     /// Builds `config`'s route table and makes it current; returns its generation. Requests in
     /// flight finish on the snapshot they started with.
     pub fn publish(&self, config: Config) -> u64 {

@@ -1,0 +1,177 @@
+//! The operator's listener (`[admin] listen`): `/metrics` (Prometheus text format, every
+//! worker's counters summed on scrape), `/healthz`, `/readyz` (503 once draining). A plain
+//! blocking thread of the control plane: scrapes are rare, and nothing here touches a worker's
+//! request path except the control line each worker answers between requests.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::http::{encode, Limits, RequestHead, Status, Version};
+use crate::routing::SharedSnapshot;
+use crate::server::Control;
+
+/// What the admin listener reads.
+pub struct AdminState {
+    pub control: Arc<Control>,
+    pub snapshot: Arc<SharedSnapshot>,
+    pub workers: usize,
+    /// Set when the drain starts: `/readyz` answers 503 from then on.
+    pub draining: AtomicBool,
+}
+
+/// Serves `listener` on a thread of its own until the process exits.
+pub fn spawn(listener: TcpListener, state: Arc<AdminState>) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("ringgate-admin".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                match stream {
+                    Ok(stream) => {
+                        if let Err(e) = serve(stream, &state) {
+                            tracing::debug!("admin request failed: {e}");
+                        }
+                    }
+                    Err(e) => tracing::warn!("admin accept failed: {e}"),
+                }
+            }
+        })
+        .map(drop)
+}
+
+fn serve(mut stream: TcpStream, state: &AdminState) -> io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let limits = Limits::DEFAULT;
+    let mut head = RequestHead::new(&limits);
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        match head.parse(&buf, &limits) {
+            Ok(Status::Complete(_)) => break,
+            Ok(Status::Partial) => {}
+            Err(e) => return respond(&mut stream, e.status(), b"text/plain", b"bad request\n"),
+        }
+    }
+    let path = head.path.of(&buf);
+    let path = path.split(|&b| b == b'?').next().unwrap_or_default();
+    match path {
+        b"/metrics" => {
+            let text = render(state)?;
+            respond(
+                &mut stream,
+                200,
+                b"text/plain; version=0.0.4",
+                text.as_bytes(),
+            )
+        }
+        b"/healthz" => respond(&mut stream, 200, b"text/plain", b"ok\n"),
+        b"/readyz" if state.draining.load(Ordering::Relaxed) => {
+            respond(&mut stream, 503, b"text/plain", b"draining\n")
+        }
+        b"/readyz" => respond(&mut stream, 200, b"text/plain", b"ready\n"),
+        _ => respond(&mut stream, 404, b"text/plain", b"not found\n"),
+    }
+}
+
+fn respond(
+    stream: &mut TcpStream,
+    status: u16,
+    content_type: &[u8],
+    body: &[u8],
+) -> io::Result<()> {
+    let mut out = Vec::with_capacity(body.len() + 128);
+    encode::generated(
+        &mut out,
+        &encode::Generated {
+            status,
+            content_type,
+            body,
+            extra: b"",
+            keep_alive: false,
+            client_version: Version::Http11,
+            head_only: false,
+        },
+    );
+    stream.write_all(&out)
+}
+
+/// HELP text and type of each metric family.
+const FAMILIES: &[(&str, &str, &str)] = &[
+    (
+        "ringgate_connections_total",
+        "counter",
+        "Client connections accepted.",
+    ),
+    (
+        "ringgate_connections_refused_total",
+        "counter",
+        "Connections closed at accept: worker at server.max_connections.",
+    ),
+    (
+        "ringgate_connections_open",
+        "gauge",
+        "Client connections open now.",
+    ),
+    (
+        "ringgate_requests_total",
+        "counter",
+        "Requests whose head was admitted.",
+    ),
+    (
+        "ringgate_responses_total",
+        "counter",
+        "Responses sent, by status class.",
+    ),
+    (
+        "ringgate_upstream_connects_total",
+        "counter",
+        "New upstream connections.",
+    ),
+    (
+        "ringgate_upstream_reused_total",
+        "counter",
+        "Requests sent on pooled upstream connections.",
+    ),
+    (
+        "ringgate_upstream_retries_total",
+        "counter",
+        "Requests retried after a stale pooled connection.",
+    ),
+    (
+        "ringgate_errors_total",
+        "counter",
+        "Rejected or failed exchanges, by reason.",
+    ),
+];
+
+/// Prometheus text format (version 0.0.4) of the summed worker counters.
+fn render(state: &AdminState) -> io::Result<String> {
+    let sums: BTreeMap<String, u64> = state.control.metrics()?;
+    let mut out = String::new();
+    for (family, kind, help) in FAMILIES {
+        out.push_str(&format!("# HELP {family} {help}\n# TYPE {family} {kind}\n"));
+        for (name, value) in &sums {
+            let base = name.split('{').next().unwrap_or_default();
+            if base == *family {
+                out.push_str(&format!("{name} {value}\n"));
+            }
+        }
+    }
+    out.push_str("# HELP ringgate_config_generation Generation of the routing snapshot in use.\n");
+    out.push_str("# TYPE ringgate_config_generation gauge\n");
+    out.push_str(&format!(
+        "ringgate_config_generation {}\n",
+        state.snapshot.generation()
+    ));
+    out.push_str("# HELP ringgate_workers Worker threads.\n# TYPE ringgate_workers gauge\n");
+    out.push_str(&format!("ringgate_workers {}\n", state.workers));
+    Ok(out)
+}
