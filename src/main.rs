@@ -141,6 +141,13 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
                 notify(&notifier, "STOPPING=1");
                 admin_state.draining.store(true, Ordering::Relaxed);
                 tracing::info!(signal = sig, ?drain_timeout, "draining");
+                // A second SIGTERM/SIGINT means "now": cut what is still in flight.
+                std::thread::spawn(move || loop {
+                    if wait_for(&signals) != libc::SIGHUP {
+                        tracing::warn!("second stop signal: exiting without waiting for the drain");
+                        std::process::exit(1);
+                    }
+                });
                 if server.shutdown(drain_timeout) {
                     tracing::info!("stopped");
                 } else {

@@ -31,6 +31,9 @@ use crate::upstream::pool::Upstream;
 use crate::wire::Wire;
 use crate::worker::Worker;
 
+/// How long an idle connection of a draining worker waits for a request already on its way.
+const DRAIN_LAST_READ: Duration = Duration::from_millis(2);
+
 /// What the connection does after an exchange.
 pub enum Next {
     KeepAlive,
@@ -117,7 +120,12 @@ pub async fn admit(
         let idle = client.data().is_empty();
         let read = if idle && deadline.is_none() {
             if w.drain.is_draining() {
-                return Admit::Closed;
+                // A request the client sent before the drain began may already wait in the
+                // socket: take it (it gets `Connection: close`) rather than drop it.
+                match monoio::time::timeout(DRAIN_LAST_READ, client.fill()).await {
+                    Ok(Ok(1..)) => continue,
+                    _ => return Admit::Closed,
+                }
             }
             monoio::select! {
                 r = monoio::time::timeout(keepalive, client.fill()) => r,

@@ -129,3 +129,67 @@ fn a_broken_reload_is_refused_and_traffic_keeps_flowing() {
     let (status, _, body) = gateway::exchange(&gw, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!((status, body.as_slice()), (200, &b"old"[..]));
 }
+
+#[test]
+fn sigterm_under_load_answers_every_request_sent_before_it() {
+    let up = Upstream::ok("ok");
+    let mut gw = Gateway::start(&config("{listen}", up.addr));
+    let signalled = Arc::new(AtomicBool::new(false));
+    let (answered, lost) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (warm, warmed) = std::sync::mpsc::channel::<()>();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (signalled, answered, lost) = (signalled.clone(), answered.clone(), lost.clone());
+            let (addr, warm) = (gw.addr, warm.clone());
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(PATIENCE)).unwrap();
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                for i in 0..100_000 {
+                    let before = !signalled.load(Ordering::SeqCst);
+                    if s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").is_err() {
+                        assert!(!before, "the gateway closed before the signal");
+                        return;
+                    }
+                    let mut line = String::new();
+                    match std::io::BufRead::read_line(&mut r, &mut line) {
+                        Ok(n) if n > 0 => {
+                            let (_, head, body) = gateway::finish_response(&mut r, line);
+                            assert_eq!(body, b"ok", "{head}");
+                            answered.fetch_add(1, Ordering::SeqCst);
+                            if head.contains("Connection: close") {
+                                return;
+                            }
+                        }
+                        // Closed without an answer: only acceptable for a request sent after
+                        // the signal.
+                        _ => {
+                            if before {
+                                lost.fetch_add(1, Ordering::SeqCst);
+                            }
+                            return;
+                        }
+                    }
+                    if i == 50 {
+                        let _ = warm.send(());
+                    }
+                }
+            })
+        })
+        .collect();
+    for _ in 0..4 {
+        warmed.recv_timeout(PATIENCE).unwrap();
+    }
+    signalled.store(true, Ordering::SeqCst);
+    gw.signal("TERM");
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert_eq!(
+        lost.load(Ordering::SeqCst),
+        0,
+        "requests sent before SIGTERM went unanswered"
+    );
+    assert!(answered.load(Ordering::SeqCst) >= 200);
+    assert!(gw.wait_exit().success());
+}

@@ -337,11 +337,25 @@ fn read_request(r: &mut BufReader<TcpStream>) -> Option<Seen> {
 /// Reads one response from a client socket: (status, head, body). Handles Content-Length,
 /// chunked and close-delimited bodies.
 pub fn read_response(r: &mut BufReader<TcpStream>) -> (u16, String, Vec<u8>) {
-    let mut head = String::new();
+    let mut status_line = String::new();
+    let n = r.read_line(&mut status_line).expect("read response head");
+    assert!(n > 0, "connection closed before a response");
+    finish_response(r, status_line)
+}
+
+/// The rest of a response whose status line was already read.
+pub fn finish_response(
+    r: &mut BufReader<TcpStream>,
+    status_line: String,
+) -> (u16, String, Vec<u8>) {
+    let mut head = status_line;
     loop {
         let mut line = String::new();
         let n = r.read_line(&mut line).expect("read response head");
-        assert!(n > 0, "connection closed before a response; got {head:?}");
+        assert!(
+            n > 0,
+            "connection closed inside a response head; got {head:?}"
+        );
         head.push_str(&line);
         if line == "\r\n" {
             break;
