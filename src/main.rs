@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ringgate::config::{self, Config};
+use ringgate::control::activation;
 use ringgate::control::admin::{self, AdminState};
 use ringgate::control::notify::Notifier;
 use ringgate::server::Server;
@@ -49,6 +50,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts: it edits the environment.
+    let inherited = activation::take_listeners();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -60,8 +63,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Check { config }) => check(&config),
-        Some(Command::Run { config }) => run(config),
-        None => run(None),
+        Some(Command::Run { config }) => run(config, inherited),
+        None => run(None, inherited),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -97,7 +100,7 @@ fn initial_config(path: Option<PathBuf>) -> anyhow::Result<(Option<PathBuf>, Con
     }
 }
 
-fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
+fn run(path: Option<PathBuf>, inherited: Vec<TcpListener>) -> anyhow::Result<()> {
     let (path, config) = initial_config(path)?;
     let origin = path
         .as_deref()
@@ -110,7 +113,7 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
     // these signals.
     let signals = block_signals();
     let notifier = Notifier::from_env().context("NOTIFY_SOCKET")?;
-    let server = Server::start(config).context("start-up failed")?;
+    let server = Server::start_with(config, inherited).context("start-up failed")?;
     for addr in &server.addrs {
         tracing::info!("listening on {addr}");
     }

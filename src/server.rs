@@ -40,12 +40,22 @@ pub struct Server {
 impl Server {
     /// Binds every listener, starts the workers and returns once each of them accepts.
     pub fn start(config: Config) -> Result<Server, ServerError> {
+        Server::start_with(config, Vec::new())
+    }
+
+    /// As [`Server::start`], serving `inherited` listening sockets (socket activation) for the
+    /// addresses they are bound to: every worker accepts on the inherited socket itself, so a
+    /// connection waiting in its backlog survives a restart of the gateway.
+    pub fn start_with(
+        config: Config,
+        inherited: Vec<std::net::TcpListener>,
+    ) -> Result<Server, ServerError> {
         let workers = match config.server.workers {
             Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
             Workers::Count(n) => n.get(),
         };
         let steer = config.server.steer == Steer::ClientIp;
-        let (addrs, listeners) = bind(&config.server.listen, workers, steer)?;
+        let (addrs, listeners) = bind(&config.server.listen, workers, steer, &inherited)?;
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let pin = config.server.pin;
         let driver = config.server.driver;
@@ -224,11 +234,31 @@ impl Control {
 /// port 0 is resolved by the first bind so every worker shares the port.
 type Listeners = (Vec<SocketAddr>, Vec<Vec<std::net::TcpListener>>);
 
-fn bind(addrs: &[SocketAddr], workers: usize, steer: bool) -> Result<Listeners, ServerError> {
+fn bind(
+    addrs: &[SocketAddr],
+    workers: usize,
+    steer: bool,
+    inherited: &[std::net::TcpListener],
+) -> Result<Listeners, ServerError> {
     let mut per_worker: Vec<Vec<std::net::TcpListener>> =
         (0..workers).map(|_| Vec::new()).collect();
     let mut resolved = Vec::new();
     for &addr in addrs {
+        let handed = inherited
+            .iter()
+            .find(|l| l.local_addr().is_ok_and(|local| local == addr));
+        if let Some(socket) = handed {
+            for listeners in per_worker.iter_mut() {
+                let copy = socket
+                    .try_clone()
+                    .and_then(|c| c.set_nonblocking(true).map(|()| c))
+                    .map_err(|source| ServerError::Bind { addr, source })?;
+                listeners.push(copy);
+            }
+            tracing::info!(%addr, "using the inherited listening socket");
+            resolved.push(addr);
+            continue;
+        }
         let mut actual = addr;
         for listeners in per_worker.iter_mut() {
             let socket =

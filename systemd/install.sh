@@ -17,6 +17,7 @@ else
 fi
 /usr/local/bin/ringgate check --config /etc/ringgate/ringgate.toml
 install -m 0644 systemd/ringgate.service /etc/systemd/system/ringgate.service
+install -m 0644 systemd/ringgate.socket /etc/systemd/system/ringgate.socket
 systemctl daemon-reload
 systemctl enable --now ringgate.service
 systemctl --no-pager status ringgate.service

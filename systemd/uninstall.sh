@@ -5,8 +5,8 @@ set -euo pipefail
 
 [[ $(id -u) -eq 0 ]] || { echo "uninstall.sh: run as root" >&2; exit 1; }
 
-systemctl disable --now ringgate.service 2>/dev/null || true
-rm -f /etc/systemd/system/ringgate.service
+systemctl disable --now ringgate.socket ringgate.service 2>/dev/null || true
+rm -f /etc/systemd/system/ringgate.service /etc/systemd/system/ringgate.socket
 systemctl daemon-reload 2>/dev/null || true
 rm -f /usr/local/bin/ringgate
 if [[ ${1:-} == --purge ]]; then

@@ -193,3 +193,110 @@ fn sigterm_under_load_answers_every_request_sent_before_it() {
     assert!(answered.load(Ordering::SeqCst) >= 200);
     assert!(gw.wait_exit().success());
 }
+
+/// Starts the gateway the way systemd does for a socket-activated service: `listener` as
+/// descriptor 3, `LISTEN_FDS=1` and `LISTEN_PID` set to the gateway's own pid. Returns the
+/// child and its stderr lines.
+fn start_activated(
+    listener: &std::net::TcpListener,
+    config: &std::path::Path,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let fd = listener.as_raw_fd();
+    let script = format!(
+        "export LISTEN_PID=$$ LISTEN_FDS=1; exec {} run --config {}",
+        env!("CARGO_BIN_EXE_ringgate"),
+        config.display()
+    );
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", &script])
+        .env("RINGGATE_LOG", "info")
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: dup2 and fcntl are async-signal-safe; they only put the listener at
+    // descriptor 3, open across exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if fd != 3 && libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(BufReader::new(stderr)).map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        let line = rx
+            .recv_timeout(PATIENCE)
+            .expect("the activated gateway to start");
+        assert!(!line.contains("start-up failed"), "{line}");
+        if line.contains(" ready") {
+            return (child, rx);
+        }
+    }
+}
+
+#[test]
+fn socket_activated_restart_refuses_no_connection() {
+    // The test plays systemd: it owns the listening socket across both gateway processes.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let up = Upstream::ok("ok");
+    let config = TempFile::new("toml", config(&addr.to_string(), up.addr).as_bytes());
+    let (mut first, _first_log) = start_activated(&listener, &config.path);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let looper = {
+        let (stop, done, refused) = (stop.clone(), done.clone(), refused.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+                    refused.fetch_add(1, Ordering::SeqCst);
+                    continue;
+                };
+                s.set_read_timeout(Some(PATIENCE)).unwrap();
+                s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .unwrap();
+                let (status, _, body) = read_response(&mut BufReader::new(s));
+                assert_eq!((status, body.as_slice()), (200, &b"ok"[..]));
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    let served_by = |n: usize| {
+        let target = done.load(Ordering::SeqCst) + n;
+        while done.load(Ordering::SeqCst) < target {
+            std::thread::yield_now();
+        }
+    };
+    served_by(50);
+    // Restart: the old process drains and exits, the new one takes the same socket.
+    std::process::Command::new("kill")
+        .args(["-TERM", &first.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(first.wait().unwrap().success());
+    let (mut second, _second_log) = start_activated(&listener, &config.path);
+    served_by(50);
+    stop.store(true, Ordering::SeqCst);
+    looper.join().unwrap();
+    let _ = second.kill();
+    let _ = second.wait();
+    assert_eq!(
+        refused.load(Ordering::SeqCst),
+        0,
+        "connections refused during the restart"
+    );
+}
