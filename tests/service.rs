@@ -196,7 +196,8 @@ fn sigterm_under_load_answers_every_request_sent_before_it() {
 
 /// Starts the gateway the way systemd does for a socket-activated service: `listener` as
 /// descriptor 3, `LISTEN_FDS=1` and `LISTEN_PID` set to the gateway's own pid. Returns the
-/// child and its stderr lines.
+/// child (the caller waits for it) and its stderr lines.
+#[allow(clippy::zombie_processes)] // the child is handed to the caller, which reaps it
 fn start_activated(
     listener: &std::net::TcpListener,
     config: &std::path::Path,
@@ -237,12 +238,14 @@ fn start_activated(
         }
     });
     loop {
-        let line = rx
-            .recv_timeout(PATIENCE)
-            .expect("the activated gateway to start");
-        assert!(!line.contains("start-up failed"), "{line}");
+        let line = rx.recv_timeout(PATIENCE).unwrap_or_default();
         if line.contains(" ready") {
             return (child, rx);
+        }
+        if line.is_empty() || line.contains("start-up failed") {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the activated gateway did not start: {line:?}");
         }
     }
 }
