@@ -13,8 +13,10 @@
 //! - [`proxy`]: the request pipeline; [`wire`]: a socket and its buffer;
 //! - [`worker`]: one runtime per core, accept loops, connections, drain;
 //! - [`server`]: binding, starting and stopping workers; [`control`]: sd_notify;
-//! - [`error`], [`metrics`]: failure classes and per-worker counters.
+//! - [`error`], [`metrics`], [`accesslog`]: failure classes, per-worker counters, the
+//!   access log.
 
+pub mod accesslog;
 pub mod cache;
 pub mod config;
 pub mod control;

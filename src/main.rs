@@ -1,5 +1,6 @@
 //! The `ringgate` binary: `run` (the default), `check`, `--version`. Signals are handled here:
-//! SIGTERM/SIGINT drain and exit, SIGHUP reloads the config file. anyhow lives only here.
+//! SIGTERM/SIGINT drain and exit, SIGHUP reloads the config file, SIGUSR1 reopens access log
+//! files. anyhow lives only here.
 
 use std::io::IsTerminal;
 use std::mem::MaybeUninit;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use ringgate::accesslog;
 use ringgate::config::{self, Config};
 use ringgate::control::activation;
 use ringgate::control::admin::{self, AdminState};
@@ -133,6 +135,11 @@ fn run(path: Option<PathBuf>, inherited: Vec<TcpListener>) -> anyhow::Result<()>
     notify(&notifier, "READY=1");
     loop {
         match wait_for(&signals) {
+            libc::SIGUSR1 => {
+                // Workers reopen their access log files at their next flush (logrotate).
+                accesslog::REOPEN.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("reopening access logs");
+            }
             libc::SIGHUP => {
                 if let Err(e) = notifier.reloading() {
                     tracing::warn!("sd_notify: {e}");
@@ -146,7 +153,7 @@ fn run(path: Option<PathBuf>, inherited: Vec<TcpListener>) -> anyhow::Result<()>
                 tracing::info!(signal = sig, ?drain_timeout, "draining");
                 // A second SIGTERM/SIGINT means "now": cut what is still in flight.
                 std::thread::spawn(move || loop {
-                    if wait_for(&signals) != libc::SIGHUP {
+                    if !matches!(wait_for(&signals), libc::SIGHUP | libc::SIGUSR1) {
                         tracing::warn!("second stop signal: exiting without waiting for the drain");
                         std::process::exit(1);
                     }
@@ -192,7 +199,7 @@ fn block_signals() -> libc::sigset_t {
     // this thread's signal mask.
     unsafe {
         libc::sigemptyset(set.as_mut_ptr());
-        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1] {
             libc::sigaddset(set.as_mut_ptr(), sig);
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut());

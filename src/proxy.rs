@@ -66,6 +66,22 @@ pub struct Scratch {
     /// (the client buffer has moved on by then).
     pub request: Vec<u8>,
     pub response: ResponseHead,
+    /// What the exchange came to, for the access log.
+    pub served: Served,
+}
+
+/// How an exchange ended, as the access log reports it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Served {
+    pub status: u16,
+    /// Response body bytes sent.
+    pub bytes: u64,
+    pub upstream: Option<SocketAddr>,
+    /// From sending the request upstream to having the response head.
+    pub upstream_time: Option<Duration>,
+    pub route: Option<usize>,
+    /// `HIT`, `MISS`, or empty when the route does not cache.
+    pub cache: &'static str,
 }
 
 impl Scratch {
@@ -76,6 +92,7 @@ impl Scratch {
             chunk: Vec::with_capacity(16 * 1024 + 32),
             extra: Vec::with_capacity(256),
             request: Vec::new(),
+            served: Served::default(),
             response: ResponseHead::new(limits),
         }
     }
@@ -170,9 +187,11 @@ pub async fn handle(w: &Worker, c: ClientSide<'_>, s: &mut Scratch) -> Next {
         .and_then(|i| Some((i, snap.config.routes.get(i)?)));
     let keep_alive = head.keep_alive() && !w.drain.is_draining();
     s.extra.clear();
+    s.served = Served::default();
     let Some((index, route)) = route else {
         return reject(w, c, s, Error::NoRoute, server.max_body).await;
     };
+    s.served.route = Some(index);
     // Policy: rate limits.
     if let Some(policy) = route
         .rate_limit
@@ -231,7 +250,7 @@ pub async fn handle(w: &Worker, c: ClientSide<'_>, s: &mut Scratch) -> Next {
                 client_version: head.version,
                 head_only: head.method == Method::Head,
             };
-            respond_generated(w, c, &mut s.out, &g, server.max_body).await
+            respond_generated(w, c, (&mut s.out, &mut s.served), &g, server.max_body).await
         }
         Action::Proxy {
             upstream,
@@ -365,14 +384,14 @@ pub async fn reject(
         client_version: c.head.version,
         head_only: c.head.method == Method::Head,
     };
-    respond_generated(w, c, &mut s.out, &g, max_body).await
+    respond_generated(w, c, (&mut s.out, &mut s.served), &g, max_body).await
 }
 
 /// Skips the request body (small ones only), then writes a response the gateway made.
 async fn respond_generated(
     w: &Worker,
     c: ClientSide<'_>,
-    out: &mut Vec<u8>,
+    (out, served): (&mut Vec<u8>, &mut Served),
     g: &Generated<'_>,
     max_body: u64,
 ) -> Next {
@@ -390,6 +409,8 @@ async fn respond_generated(
     let (res, buf) = c.wire.send(std::mem::take(out)).await;
     *out = buf;
     w.metrics.response(g.status);
+    served.status = g.status;
+    served.bytes = if g.head_only { 0 } else { g.body.len() as u64 };
     keep &= res.is_ok();
     if keep {
         Next::KeepAlive
@@ -460,6 +481,8 @@ async fn echo_reply(w: &Worker, c: ClientSide<'_>, s: &mut Scratch, keep_alive: 
     let (res, buf) = c.wire.send(std::mem::take(&mut s.out)).await;
     s.out = buf;
     w.metrics.response(200);
+    s.served.status = 200;
+    s.served.bytes = if g.head_only { 0 } else { body.len() as u64 };
     if keep_alive && res.is_ok() {
         Next::KeepAlive
     } else {
@@ -521,7 +544,7 @@ async fn purge(
         client_version: c.head.version,
         head_only: false,
     };
-    respond_generated(w, c, &mut s.out, &g, max_body).await
+    respond_generated(w, c, (&mut s.out, &mut s.served), &g, max_body).await
 }
 
 /// Answers from the cache: the stored response (a 304 when `not_modified`), with Age and
@@ -563,6 +586,7 @@ async fn serve_hit(
             c.head.version,
         );
     }
+    let hit_len = hit.body.len() as u64;
     let inline = !head_only && hit.body.len() <= 16 * 1024;
     if inline {
         s.reply.extend_from_slice(&hit.body);
@@ -573,7 +597,11 @@ async fn serve_hit(
     if ok && !inline && !head_only {
         ok = c.wire.send_bytes(hit.body).await.is_ok();
     }
-    w.metrics.response(if not_modified { 304 } else { 200 });
+    let status = if not_modified { 304 } else { 200 };
+    w.metrics.response(status);
+    s.served.status = status;
+    s.served.bytes = if head_only { 0 } else { hit_len };
+    s.served.cache = "HIT";
     if keep && ok {
         Next::KeepAlive
     } else {
@@ -689,6 +717,8 @@ async fn forward(w: &Worker, c: ClientSide<'_>, s: &mut Scratch, ctx: &ForwardCt
             let (_, buf) = c.wire.send(std::mem::take(&mut s.out)).await;
             s.out = buf;
             w.metrics.response(e.status());
+            s.served.status = e.status();
+            s.served.bytes = encode::reason(e.status()).len() as u64 + 5;
             Next::Close
         }
         Err(Failure::After(e)) => {
@@ -764,6 +794,7 @@ async fn exchange(
     }
     // The head goes out by value and comes back unchanged, ready for a retry (which only
     // bodiless requests get).
+    let sent_at = Instant::now();
     let (res, buf) = conn.wire.send(std::mem::take(&mut s.out)).await;
     s.out = buf;
     s.out.truncate(head_len);
@@ -873,11 +904,18 @@ async fn exchange(
     let upstream_keep = response.keep_alive();
     conn.wire.consume(response.len);
     w.metrics.response(status);
+    s.served.status = status;
+    s.served.upstream = Some(conn.target);
+    s.served.upstream_time = Some(sent_at.elapsed());
+    if ctx.capture.is_some() {
+        s.served.cache = "MISS";
+    }
 
     // A small body that is already here goes out with the head in one write.
     let mut rest = framing;
     if let Framing::Length(n) = framing {
         if body != BodyOut::None && n <= 16 * 1024 && conn.wire.data().len() as u64 >= n {
+            s.served.bytes = n;
             let n = n as usize;
             let body = conn.wire.data().get(..n).unwrap_or_default();
             s.reply.extend_from_slice(body);
@@ -906,7 +944,7 @@ async fn exchange(
             limits: ctx.limits,
         };
         let keep = admitted.as_ref().map_or(0, |(cap, _)| cap.max_object);
-        relay(
+        s.served.bytes = relay(
             &mut conn.wire,
             client,
             &mut s.chunk,

@@ -94,12 +94,16 @@ impl Server {
                                 }
                             }
                         }
+                        if w.log.borrow().is_some() {
+                            monoio::spawn(flush_log_every_second(Rc::clone(&w)));
+                        }
                         tracing::info!(worker = id, driver = %running, core = ?core.map(|c| c.id), "worker started");
                         let _ = ready.send(Ok(running));
                         control_loop(theirs, &w).await;
                         tracing::info!(worker = id, connections = w.drain.connections(), "worker draining");
                         w.drain.start();
                         w.drain.all_closed().await;
+                        w.flush_log();
                         tracing::info!(worker = id, "worker stopped: {}", w.metrics.summary());
                     });
                     if let Err(e) = ran {
@@ -166,6 +170,14 @@ impl Server {
             let _ = t.join();
         }
         true
+    }
+}
+
+/// Lines are written in batches; a quiet worker still writes what it has once a second.
+async fn flush_log_every_second(w: Rc<Worker>) {
+    while !w.drain.is_draining() {
+        monoio::time::sleep(Duration::from_secs(1)).await;
+        w.flush_log();
     }
 }
 

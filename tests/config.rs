@@ -385,6 +385,22 @@ fn cache_settings() {
 }
 
 #[test]
+fn access_log_settings() {
+    let config = parse(&format!(
+        "{SERVER}[log]\naccess = \"/var/log/ringgate/access.log\"\nformat = \"combined\"\n"
+    ));
+    assert_eq!(
+        config.log,
+        ringgate::config::LogSettings {
+            access: ringgate::config::AccessLog::File("/var/log/ringgate/access.log".into()),
+            format: ringgate::config::LogFormat::Combined,
+        }
+    );
+    let relative = format!("{SERVER}[log]\naccess = \"access.log\"\n");
+    assert_rejects(&relative, 4, 10, "log.access", "absolute file path");
+}
+
+#[test]
 fn route_to_missing_upstream() {
     let text = format!(
         "{SERVER}[upstreams.api]\nbuiltin = \"echo\"\n\

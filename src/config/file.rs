@@ -17,7 +17,7 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use toml::{Spanned, Value};
 
-use super::{Balance, Builtin, ConfigError, Driver, Steer};
+use super::{Balance, Builtin, ConfigError, Driver, LogFormat, Steer};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,6 +32,14 @@ pub(crate) struct File {
     #[serde(default)]
     pub(crate) rate_limits: BTreeMap<Spanned<String>, RateLimitFile>,
     pub(crate) cache: Option<CacheFile>,
+    pub(crate) log: Option<LogFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LogFile {
+    pub(crate) access: Option<Spanned<String>>,
+    pub(crate) format: Option<LogFormat>,
 }
 
 #[derive(Debug, Deserialize)]

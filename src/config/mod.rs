@@ -40,6 +40,33 @@ pub struct Config {
     pub rate_limits: Vec<RateLimit>,
     /// `[cache]`: present when responses may be cached (routes opt in with `cache`).
     pub cache: Option<CacheSettings>,
+    /// `[log]`: the access log.
+    pub log: LogSettings,
+}
+
+/// `[log]`: where access log lines go and in which format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    pub access: AccessLog,
+    pub format: LogFormat,
+}
+
+/// `access = "off" | "stdout" | "/path/to/file"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLog {
+    Off,
+    Stdout,
+    File(std::path::PathBuf),
+}
+
+/// `format = "json" | "combined"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// The Apache/nginx "combined" format.
+    Combined,
 }
 
 /// `[cache]`: the response cache, split evenly over the workers.

@@ -15,8 +15,9 @@ use super::file::{
     ServerFile, UpstreamFile,
 };
 use super::{
-    Action, Admin, Balance, CacheSettings, Cidr, Config, ConfigError, Driver, HostMatch, LimitKey,
-    RateLimit, Route, RouteCache, Server, Steer, Upstream, UpstreamKind, Workers,
+    AccessLog, Action, Admin, Balance, CacheSettings, Cidr, Config, ConfigError, Driver, HostMatch,
+    LimitKey, LogFormat, LogSettings, RateLimit, Route, RouteCache, Server, Steer, Upstream,
+    UpstreamKind, Workers,
 };
 use crate::http::Limits;
 
@@ -77,6 +78,27 @@ pub(crate) fn validate(file: File, text: &str, origin: &str) -> Result<Config, C
             }
         }
     }
+    let log = match &file.log {
+        None => LogSettings {
+            access: AccessLog::Off,
+            format: LogFormat::Json,
+        },
+        Some(log) => LogSettings {
+            access: match log.access.as_ref().map(|a| (a, a.get_ref().as_str())) {
+                None | Some((_, "off")) => AccessLog::Off,
+                Some((_, "stdout")) => AccessLog::Stdout,
+                Some((_, path)) if path.starts_with('/') => AccessLog::File(path.into()),
+                Some((value, _)) => {
+                    return Err(cx.at(
+                        value,
+                        "log.access",
+                        "must be \"off\", \"stdout\" or an absolute file path",
+                    ))
+                }
+            },
+            format: log.format.unwrap_or(LogFormat::Json),
+        },
+    };
     Ok(Config {
         server,
         admin,
@@ -84,6 +106,7 @@ pub(crate) fn validate(file: File, text: &str, origin: &str) -> Result<Config, C
         routes,
         rate_limits,
         cache,
+        log,
     })
 }
 

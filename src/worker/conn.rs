@@ -8,8 +8,11 @@ use monoio::io::{AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 
 use crate::error::Error;
-use crate::http::{encode, RequestHead};
-use crate::proxy::{self, Admit, ClientSide, Next, Scratch};
+use std::time::Instant;
+
+use crate::accesslog::Entry;
+use crate::http::{encode, RequestHead, Version};
+use crate::proxy::{self, Admit, ClientSide, Next, Scratch, Served};
 use crate::wire::Wire;
 use crate::worker::Worker;
 
@@ -31,6 +34,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
     let mut head = RequestHead::new(&limits);
     let mut scratch = Scratch::new(&limits);
     let addr = peer.ip().to_string().into_bytes();
+    let mut pending = Pending::default();
     loop {
         let admitted = proxy::admit(
             &w,
@@ -47,15 +51,88 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
             Admit::Closed => return,
             Admit::Reject(e) => return refuse(&w, &mut client, e).await,
         }
+        let logging = w.log.borrow().is_some();
+        if logging {
+            pending.capture(client.data(), &head);
+        }
         let side = ClientSide {
             wire: &mut client,
             head: &head,
             addr: &addr,
         };
-        match proxy::handle(&w, side, &mut scratch).await {
+        let next = proxy::handle(&w, side, &mut scratch).await;
+        if logging {
+            pending.record(&w, &addr, &scratch.served);
+        }
+        match next {
             Next::KeepAlive => {}
             Next::Close => return,
             Next::Tunnel(upstream) => return tunnel(client, upstream).await,
+        }
+    }
+}
+
+/// The parts of a request its access log line needs, copied before the pipeline consumes
+/// the head (only when the log is on); the buffers are reused for every request.
+#[derive(Default)]
+struct Pending {
+    method: Vec<u8>,
+    target: Vec<u8>,
+    referer: Vec<u8>,
+    user_agent: Vec<u8>,
+    request_id: Vec<u8>,
+    http10: bool,
+    started: Option<Instant>,
+}
+
+impl Pending {
+    fn capture(&mut self, buf: &[u8], head: &RequestHead) {
+        let copy = |to: &mut Vec<u8>, from: &[u8]| {
+            to.clear();
+            to.extend_from_slice(from);
+        };
+        copy(&mut self.method, head.method_span.of(buf));
+        copy(&mut self.target, head.target.of(buf));
+        copy(
+            &mut self.referer,
+            head.fields.get(buf, b"referer").unwrap_or_default(),
+        );
+        copy(
+            &mut self.user_agent,
+            head.fields.get(buf, b"user-agent").unwrap_or_default(),
+        );
+        copy(
+            &mut self.request_id,
+            head.fields.get(buf, b"x-request-id").unwrap_or_default(),
+        );
+        self.http10 = head.version == Version::Http10;
+        self.started = Some(Instant::now());
+    }
+
+    fn record(&self, w: &Worker, client: &[u8], served: &Served) {
+        let entry = Entry {
+            client,
+            method: &self.method,
+            target: &self.target,
+            http10: self.http10,
+            status: served.status,
+            bytes: served.bytes,
+            duration: self.started.map(|t| t.elapsed()).unwrap_or_default(),
+            upstream: served.upstream,
+            upstream_time: served.upstream_time,
+            route: served.route,
+            worker: w.id,
+            cache: if served.cache.is_empty() {
+                "-"
+            } else {
+                served.cache
+            },
+            request_id: &self.request_id,
+            referer: &self.referer,
+            user_agent: &self.user_agent,
+        };
+        if let Some(log) = w.log.borrow_mut().as_mut() {
+            log.record(&entry);
         }
     }
 }

@@ -14,6 +14,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
+use crate::accesslog;
 use crate::cache::{Cache, CacheConfig, Key};
 use crate::config::{CacheSettings, Driver, RateLimit, Steer};
 use crate::metrics::Metrics;
@@ -43,11 +44,18 @@ pub struct Worker {
     cache: RefCell<Option<(CacheSettings, Cache)>>,
     /// Cache misses being fetched, with the requests waiting for them (coalescing).
     fetching: RefCell<ahash::AHashMap<Key, Vec<Waker>>>,
+    /// This worker's access log, if `[log] access` is on (opened at start; a reload does not
+    /// change it).
+    pub log: RefCell<Option<accesslog::Writer>>,
 }
 
 impl Worker {
     pub fn new(id: usize, workers: usize, mut local: LocalSnapshot) -> Worker {
         let current = Rc::new(Arc::clone(local.load()));
+        let log = accesslog::Writer::open(&current.config.log).unwrap_or_else(|e| {
+            tracing::error!(worker = id, "access log cannot be opened, logging off: {e}");
+            None
+        });
         Worker {
             id,
             workers,
@@ -60,6 +68,14 @@ impl Worker {
             limiters: RefCell::new(ahash::AHashMap::new()),
             cache: RefCell::new(None),
             fetching: RefCell::new(ahash::AHashMap::new()),
+            log: RefCell::new(log),
+        }
+    }
+
+    /// Writes the access log's buffered lines (every second, and when the worker stops).
+    pub fn flush_log(&self) {
+        if let Some(log) = self.log.borrow_mut().as_mut() {
+            log.flush();
         }
     }
 
