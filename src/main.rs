@@ -133,8 +133,25 @@ fn run(path: Option<PathBuf>, inherited: Vec<TcpListener>) -> anyhow::Result<()>
     }
     tracing::info!(config = %origin, workers = server.drivers.len(), "ready");
     notify(&notifier, "READY=1");
+    // systemd's watchdog: ping at half its interval, and only while every worker answers
+    // the control thread (a wedged worker stops the pings, and systemd restarts us).
+    let watchdog = notifier.watchdog_interval();
+    let control = server.control();
     loop {
-        match wait_for(&signals) {
+        let signal = match watchdog {
+            Some(interval) => wait_for_timeout(&signals, interval / 2),
+            None => Some(wait_for(&signals)),
+        };
+        let Some(signal) = signal else {
+            match control.metrics() {
+                Ok(_) => notify(&notifier, "WATCHDOG=1"),
+                Err(e) => {
+                    tracing::error!("a worker does not answer; withholding the watchdog ping: {e}")
+                }
+            }
+            continue;
+        };
+        match signal {
             libc::SIGUSR1 => {
                 // Workers reopen their access log files at their next flush (logrotate).
                 accesslog::REOPEN.fetch_add(1, Ordering::Relaxed);
@@ -205,6 +222,17 @@ fn block_signals() -> libc::sigset_t {
         libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut());
         set.assume_init()
     }
+}
+
+/// The next signal of `set`, or None after `timeout`.
+fn wait_for_timeout(set: &libc::sigset_t, timeout: std::time::Duration) -> Option<libc::c_int> {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `set` was initialised by `block_signals`; a null siginfo is allowed.
+    let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+    (sig > 0).then_some(sig)
 }
 
 fn wait_for(set: &libc::sigset_t) -> libc::c_int {

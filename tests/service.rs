@@ -60,6 +60,25 @@ fn sd_notify_ready_reloading_stopping() {
 }
 
 #[test]
+fn watchdog_pings_while_workers_answer() {
+    let socket_file = TempFile::new("sock", b"");
+    std::fs::remove_file(&socket_file.path).unwrap();
+    let systemd = UnixDatagram::bind(&socket_file.path).unwrap();
+    systemd.set_read_timeout(Some(PATIENCE)).unwrap();
+    let up = Upstream::ok("x");
+    let path = socket_file.path.to_str().unwrap();
+    let env = [("NOTIFY_SOCKET", path), ("WATCHDOG_USEC", "200000")];
+    let _gw = Gateway::start_with_env(&config("{listen}", up.addr), &env);
+    let mut buf = [0u8; 256];
+    let mut states = Vec::new();
+    while states.iter().filter(|s| *s == "WATCHDOG=1").count() < 3 {
+        let n = systemd.recv(&mut buf).expect("notifications");
+        states.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert_eq!(states[0], "READY=1", "{states:?}");
+}
+
+#[test]
 fn twenty_reloads_move_traffic_without_a_failed_request() {
     let a = Upstream::ok("a");
     let b = Upstream::ok("b");

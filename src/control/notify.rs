@@ -4,6 +4,7 @@
 
 use std::io;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::time::Duration;
 
 /// Where systemd listens, if it does.
 pub struct Notifier {
@@ -35,6 +36,17 @@ impl Notifier {
             Some((socket, addr)) => socket.send_to_addr(state.as_bytes(), addr).map(drop),
             None => Ok(()),
         }
+    }
+
+    /// The watchdog interval systemd set for this process (`WATCHDOG_USEC`, and
+    /// `WATCHDOG_PID` if given must be ours), when there is somewhere to ping.
+    pub fn watchdog_interval(&self) -> Option<Duration> {
+        self.socket.as_ref()?;
+        let ours = std::env::var("WATCHDOG_PID").map_or(true, |pid| {
+            pid.parse::<u32>().ok() == Some(std::process::id())
+        });
+        let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+        (ours && usec > 0).then(|| Duration::from_micros(usec))
     }
 
     /// `RELOADING=1` with the monotonic timestamp systemd 253+ asks for.
