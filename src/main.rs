@@ -17,6 +17,7 @@ use ringgate::config::{self, Config};
 use ringgate::control::activation;
 use ringgate::control::admin::{self, AdminState};
 use ringgate::control::notify::Notifier;
+use ringgate::control::reload;
 use ringgate::server::Server;
 
 #[global_allocator]
@@ -124,6 +125,7 @@ fn run(path: Option<PathBuf>, inherited: Vec<TcpListener>) -> anyhow::Result<()>
         snapshot: server.snapshot(),
         workers: server.drivers.len(),
         draining: AtomicBool::new(false),
+        config_path: path.clone(),
     });
     if let Some(addr) = admin {
         let listener =
@@ -161,7 +163,8 @@ fn run(path: Option<PathBuf>, inherited: Vec<TcpListener>) -> anyhow::Result<()>
                 if let Err(e) = notifier.reloading() {
                     tracing::warn!("sd_notify: {e}");
                 }
-                reload(&server, path.as_deref());
+                // Logged either way; SIGHUP has no one to answer.
+                let _ = reload::reload(path.as_deref(), &server.snapshot());
                 notify(&notifier, "READY=1");
             }
             sig => {
@@ -190,23 +193,6 @@ fn run(path: Option<PathBuf>, inherited: Vec<TcpListener>) -> anyhow::Result<()>
 fn notify(notifier: &Notifier, state: &str) {
     if let Err(e) = notifier.send(state) {
         tracing::warn!("sd_notify {state}: {e}");
-    }
-}
-
-fn reload(server: &Server, path: Option<&Path>) {
-    let Some(path) = path else {
-        tracing::info!("reload: running on the embedded config; nothing to re-read");
-        return;
-    };
-    match config::load(path) {
-        Ok(config) => {
-            let generation = server.reload(config);
-            tracing::info!(config = %path.display(), generation, "reloaded");
-        }
-        Err(e) => {
-            let e = anyhow::Error::new(e);
-            tracing::error!("reload failed, keeping the running config: {e:#}");
-        }
     }
 }
 

@@ -142,15 +142,10 @@ impl Server {
         Arc::clone(&self.control)
     }
 
-    /// The shared routing snapshot, for the admin listener.
+    /// The shared routing snapshot: reloads publish to it (listeners and worker count stay
+    /// as started).
     pub fn snapshot(&self) -> Arc<SharedSnapshot> {
         Arc::clone(&self.snapshot)
-    }
-
-    /// Publishes a new configuration's routes and upstreams to every worker. Listeners and
-    /// worker count stay as started.
-    pub fn reload(&self, config: Config) -> u64 {
-        self.snapshot.publish(config)
     }
 
     /// Stops accepting, lets in-flight requests finish and closes idle connections; returns

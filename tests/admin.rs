@@ -10,9 +10,13 @@ use std::net::{SocketAddr, TcpStream};
 use gateway::{exchange, Gateway, Upstream, PATIENCE};
 
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    request(addr, "GET", path)
+}
+
+fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(PATIENCE)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: admin\r\n\r\n").unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let status = text[9..12].parse().unwrap();
@@ -96,4 +100,21 @@ upstream = "backend"
     assert_eq!(get(admin, "/healthz"), (200, "ok\n".to_owned()));
     assert_eq!(get(admin, "/readyz").0, 200);
     assert_eq!(get(admin, "/nope").0, 404);
+
+    // POST /reload answers with the new generation, or with why the file was refused.
+    let (status, body) = request(admin, "POST", "/reload");
+    assert_eq!((status, body.as_str()), (200, "reloaded: generation 1\n"));
+    std::fs::write(
+        gw.config_path(),
+        "[server]\nlisten = [\"127.0.0.1:1\"]\nworkers = 0\n",
+    )
+    .unwrap();
+    let (status, body) = request(admin, "POST", "/reload");
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains(":3:11: server.workers"), "{body}");
+    assert_eq!(
+        exchange(&gw, b"GET / HTTP/1.1\r\nHost: api\r\n\r\n").0,
+        200,
+        "old config serves"
+    );
 }

@@ -1,5 +1,6 @@
 //! The operator's listener (`[admin] listen`): `/metrics` (Prometheus text format, every
-//! worker's counters summed on scrape), `/healthz`, `/readyz` (503 once draining). A plain
+//! worker's counters summed on scrape), `/healthz`, `/readyz` (503 once draining), and
+//! `POST /reload` (200 with the new generation, or 422 with why the file was refused). A plain
 //! blocking thread of the control plane: scrapes are rare, and nothing here touches a worker's
 //! request path except the control line each worker answers between requests.
 
@@ -10,7 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::http::{encode, Limits, RequestHead, Status, Version};
+use super::reload;
+use crate::http::{encode, Limits, Method, RequestHead, Status, Version};
 use crate::routing::SharedSnapshot;
 use crate::server::Control;
 
@@ -21,6 +23,8 @@ pub struct AdminState {
     pub workers: usize,
     /// Set when the drain starts: `/readyz` answers 503 from then on.
     pub draining: AtomicBool,
+    /// The file `POST /reload` re-reads (None: the embedded config).
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 /// Serves `listener` on a thread of its own until the process exits.
@@ -62,6 +66,21 @@ fn serve(mut stream: TcpStream, state: &AdminState) -> io::Result<()> {
     }
     let path = head.path.of(&buf);
     let path = path.split(|&b| b == b'?').next().unwrap_or_default();
+    if head.method == Method::Post {
+        return match path {
+            b"/reload" => match reload::reload(state.config_path.as_deref(), &state.snapshot) {
+                Ok(generation) => {
+                    let body = format!("reloaded: generation {generation}\n");
+                    respond(&mut stream, 200, b"text/plain", body.as_bytes())
+                }
+                Err(reason) => {
+                    let body = format!("reload refused: {reason}\n");
+                    respond(&mut stream, 422, b"text/plain", body.as_bytes())
+                }
+            },
+            _ => respond(&mut stream, 404, b"text/plain", b"not found\n"),
+        };
+    }
     match path {
         b"/metrics" => {
             let text = render(state)?;
