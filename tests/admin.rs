@@ -100,6 +100,11 @@ upstream = "backend"
     assert_eq!(get(admin, "/healthz"), (200, "ok\n".to_owned()));
     assert_eq!(get(admin, "/readyz").0, 200);
     assert_eq!(get(admin, "/nope").0, 404);
+    let (status, config) = get(admin, "/config");
+    assert_eq!(status, 200);
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(config["generation"], 0);
+    assert_eq!(config["config"]["upstreams"][0]["name"], "backend");
 
     // POST /reload answers with the new generation, or with why the file was refused.
     let (status, body) = request(admin, "POST", "/reload");

@@ -17,7 +17,7 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::http::Limits;
 
@@ -29,7 +29,7 @@ pub const EMBEDDED_ORIGIN: &str = "<embedded config/ringgate.toml>";
 
 /// A validated configuration. Building one is the only way to get one: every value in it has
 /// passed validation, so the code that consumes it does not re-check.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Config {
     pub server: Server,
     pub admin: Option<Admin>,
@@ -45,14 +45,14 @@ pub struct Config {
 }
 
 /// `[log]`: where access log lines go and in which format.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LogSettings {
     pub access: AccessLog,
     pub format: LogFormat,
 }
 
 /// `access = "off" | "stdout" | "/path/to/file"`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum AccessLog {
     Off,
     Stdout,
@@ -60,7 +60,7 @@ pub enum AccessLog {
 }
 
 /// `format = "json" | "combined"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     /// One JSON object per line.
@@ -70,7 +70,7 @@ pub enum LogFormat {
 }
 
 /// `[cache]`: the response cache, split evenly over the workers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CacheSettings {
     /// Bytes for all workers together.
     pub memory: u64,
@@ -81,7 +81,7 @@ pub struct CacheSettings {
 }
 
 /// An address block such as `127.0.0.0/8` or `::1/128`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Cidr {
     pub addr: std::net::IpAddr,
     pub prefix: u8,
@@ -109,7 +109,7 @@ impl Cidr {
 }
 
 /// `[server]`: the listeners and the workers that serve them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Server {
     /// One SO_REUSEPORT socket per worker per address; never empty.
     pub listen: Vec<SocketAddr>,
@@ -133,7 +133,7 @@ pub struct Server {
 }
 
 /// Connection steering across workers. TOML spelling: `"none"`, `"client_ip"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Steer {
     /// The kernel's SO_REUSEPORT hash of the whole 4-tuple.
@@ -144,7 +144,7 @@ pub enum Steer {
 }
 
 /// `[rate_limits.NAME]`: a token bucket per key, enforced by each worker on its own shard.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RateLimit {
     pub name: String,
     pub key: LimitKey,
@@ -161,7 +161,7 @@ pub struct RateLimit {
 
 /// What a rate limit counts by. TOML spelling: `"client_ip"`, `"header:NAME"`, `"route"`,
 /// `"client_ip+route"`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum LimitKey {
     ClientIp,
     /// A request header's value (name lowercase); requests without it share one bucket.
@@ -179,7 +179,7 @@ impl LimitKey {
 }
 
 /// How many workers to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Workers {
     /// One per available core.
     Auto,
@@ -187,7 +187,7 @@ pub enum Workers {
 }
 
 /// Which monoio driver the workers run on. TOML spelling: `"auto"`, `"io_uring"`, `"epoll"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Driver {
     /// Probe io_uring at start and fall back to epoll where it is unavailable or forbidden.
@@ -197,13 +197,13 @@ pub enum Driver {
 }
 
 /// `[admin]`: the listener for /metrics, /healthz and /readyz.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Admin {
     pub listen: SocketAddr,
 }
 
 /// `[upstreams.NAME]`: where proxied requests go.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Upstream {
     pub name: String,
     pub kind: UpstreamKind,
@@ -219,7 +219,7 @@ pub struct Upstream {
     pub max_requests: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum UpstreamKind {
     /// `targets = ["127.0.0.1:9001", ...]`; never empty.
     Targets(Vec<SocketAddr>),
@@ -228,7 +228,7 @@ pub enum UpstreamKind {
 }
 
 /// Upstreams implemented inside the gateway. TOML spelling: `"echo"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Builtin {
     /// Answers with the request it received, as JSON.
@@ -236,14 +236,14 @@ pub enum Builtin {
 }
 
 /// How requests are spread over an upstream's targets. TOML spelling: `"round_robin"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
     RoundRobin,
 }
 
 /// `[[routes]]`: which requests a rule applies to and what it does with them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Route {
     pub host: HostMatch,
     /// Starts with '/'.
@@ -258,13 +258,13 @@ pub struct Route {
     pub cache: Option<RouteCache>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct RouteCache {
     pub ttl: Option<Duration>,
 }
 
 /// The Host a route applies to, lowercase, without port or trailing dot.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub enum HostMatch {
     /// No `host` key: any Host, including none.
     Any,
@@ -274,7 +274,7 @@ pub enum HostMatch {
     Suffix(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum Action {
     Proxy {
         /// Index into [`Config::upstreams`].

@@ -1,6 +1,7 @@
 //! The operator's listener (`[admin] listen`): `/metrics` (Prometheus text format, every
 //! worker's counters summed on scrape), `/healthz`, `/readyz` (503 once draining), and
-//! `POST /reload` (200 with the new generation, or 422 with why the file was refused). A plain
+//! `/config` (the running config as JSON), and `POST /reload` (200 with the new generation,
+//! or 422 with why the file was refused). A plain
 //! blocking thread of the control plane: scrapes are rare, and nothing here touches a worker's
 //! request path except the control line each worker answers between requests.
 
@@ -92,6 +93,17 @@ fn serve(mut stream: TcpStream, state: &AdminState) -> io::Result<()> {
             )
         }
         b"/healthz" => respond(&mut stream, 200, b"text/plain", b"ok\n"),
+        b"/config" => {
+            // Nothing secret is configurable yet; redaction comes with API keys and TLS keys.
+            let snapshot = state.snapshot.current();
+            let doc = serde_json::json!({
+                "generation": snapshot.generation,
+                "config": &snapshot.config,
+            });
+            let mut body = serde_json::to_vec_pretty(&doc).map_err(io::Error::other)?;
+            body.push(b'\n');
+            respond(&mut stream, 200, b"application/json", &body)
+        }
         b"/readyz" if state.draining.load(Ordering::Relaxed) => {
             respond(&mut stream, 503, b"text/plain", b"draining\n")
         }

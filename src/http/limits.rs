@@ -2,7 +2,7 @@
 
 /// Parser limits. Defaults follow common practice (nginx's `large_client_header_buffers`,
 /// hyper's 100 headers); the gateway config overrides them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Limits {
     /// Longest request line (method, target, version) before 414. RFC 9112 §3 recommends
     /// supporting at least 8000 octets.

@@ -58,6 +58,11 @@ impl SharedSnapshot {
         }
     }
 
+    /// The snapshot now current (for the control plane; workers use [`LocalSnapshot`]).
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
     /// The generation of the snapshot now current.
     pub fn generation(&self) -> u64 {
         self.current.load().generation
