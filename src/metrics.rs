@@ -18,7 +18,16 @@ pub struct Metrics {
     pub upstream_retries: Cell<u64>,
     /// Failed exchanges by `Error::label`.
     pub errors: RefCell<BTreeMap<&'static str, u64>>,
+    /// Request durations: a count per bucket of [`BUCKETS`] (the last is +Inf), and the sum.
+    durations: [Cell<u64>; BUCKETS.len() + 1],
+    duration_sum_us: Cell<u64>,
 }
+
+/// Upper bounds of the request-duration histogram, in seconds (Prometheus' usual spread,
+/// shifted down: a gateway's requests are short).
+pub const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 impl Metrics {
     pub fn add(counter: &Cell<u64>) {
@@ -29,6 +38,20 @@ impl Metrics {
         if let Some(class) = self.responses.get(usize::from(status / 100)) {
             Self::add(class);
         }
+    }
+
+    /// One request took `took`, from its head to the end of its response.
+    pub fn observe(&self, took: std::time::Duration) {
+        let secs = took.as_secs_f64();
+        let bucket = BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(BUCKETS.len());
+        if let Some(cell) = self.durations.get(bucket) {
+            Self::add(cell);
+        }
+        let us = self.duration_sum_us.get() + took.as_micros() as u64;
+        self.duration_sum_us.set(us);
     }
 
     pub fn error(&self, label: &'static str) {
@@ -63,6 +86,21 @@ impl Metrics {
         for (reason, n) in self.errors.borrow().iter() {
             line(&format!("ringgate_errors_total{{reason=\"{reason}\"}}"), *n);
         }
+        // Cumulative, as Prometheus histograms are.
+        let mut below = 0;
+        for (i, cell) in self.durations.iter().enumerate() {
+            below += cell.get();
+            let le = BUCKETS.get(i).map_or("+Inf".to_string(), |b| b.to_string());
+            line(
+                &format!("ringgate_request_duration_seconds_bucket{{le=\"{le}\"}}"),
+                below,
+            );
+        }
+        line("ringgate_request_duration_seconds_count", below);
+        out.push_str(&format!(
+            "ringgate_request_duration_seconds_sum {}\n",
+            self.duration_sum_us.get() as f64 / 1e6
+        ));
         out
     }
 

@@ -186,7 +186,7 @@ async fn control_loop(ctl: UnixStream, w: &Worker) {
         let (res, buf) = ctl.read(Vec::with_capacity(1)).await;
         match (res, buf.first()) {
             (Ok(1), Some(b'm')) => {
-                let text = w.metrics.export(w.drain.connections());
+                let text = w.export_metrics();
                 let mut msg = (text.len() as u32).to_le_bytes().to_vec();
                 msg.extend_from_slice(text.as_bytes());
                 if ctl.write_all(msg).await.0.is_err() {
@@ -206,7 +206,7 @@ pub struct Control {
 
 impl Control {
     /// Every worker's counters, summed by metric (labels included).
-    pub fn metrics(&self) -> io::Result<BTreeMap<String, u64>> {
+    pub fn metrics(&self) -> io::Result<BTreeMap<String, f64>> {
         let workers = self
             .workers
             .lock()
@@ -221,7 +221,7 @@ impl Control {
             ctl.read_exact(&mut text)?;
             for line in String::from_utf8_lossy(&text).lines() {
                 if let Some((name, value)) = line.rsplit_once(' ') {
-                    *sum.entry(name.to_owned()).or_default() += value.parse::<u64>().unwrap_or(0);
+                    *sum.entry(name.to_owned()).or_default() += value.parse::<f64>().unwrap_or(0.0);
                 }
             }
         }

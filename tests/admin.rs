@@ -97,6 +97,26 @@ upstream = "backend"
         Some(5.0)
     );
     assert_eq!(value("ringgate_workers", None), Some(2.0));
+    let requests_timed = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "ringgate_request_duration_seconds")
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Histogram(buckets) => {
+                buckets.iter().map(|b| b.count).fold(0.0, f64::max)
+            }
+            _ => f64::NAN,
+        });
+    assert_eq!(
+        requests_timed,
+        Some(30.0),
+        "every request is in the latency histogram"
+    );
+    assert!(value(
+        "ringgate_request_duration_quantile_seconds",
+        Some(("quantile", "0.99"))
+    )
+    .is_some());
     assert_eq!(get(admin, "/healthz"), (200, "ok\n".to_owned()));
     assert_eq!(get(admin, "/readyz").0, 200);
     assert_eq!(get(admin, "/nope").0, 404);

@@ -181,21 +181,83 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "counter",
         "Rejected or failed exchanges, by reason.",
     ),
+    (
+        "ringgate_request_duration_seconds",
+        "histogram",
+        "From a request's head to the end of its response.",
+    ),
+    (
+        "ringgate_cache_entries",
+        "gauge",
+        "Responses stored in the cache.",
+    ),
+    ("ringgate_cache_bytes", "gauge", "Bytes the cache holds."),
+    (
+        "ringgate_cache_hits_total",
+        "counter",
+        "Requests answered from the cache.",
+    ),
+    (
+        "ringgate_cache_misses_total",
+        "counter",
+        "Cacheable requests not found in the cache.",
+    ),
+    (
+        "ringgate_cache_evictions_total",
+        "counter",
+        "Responses evicted to stay within cache.memory.",
+    ),
 ];
+
+/// p50/p99/p99.9 of the request durations, estimated from the merged histogram as the upper
+/// bound of the bucket the quantile falls in.
+fn quantiles(out: &mut String, sums: &BTreeMap<String, f64>) {
+    let count = sums
+        .get("ringgate_request_duration_seconds_count")
+        .copied()
+        .unwrap_or(0.0);
+    out.push_str("# HELP ringgate_request_duration_quantile_seconds Request duration quantiles (bucket upper bounds).\n");
+    out.push_str("# TYPE ringgate_request_duration_quantile_seconds gauge\n");
+    for q in [0.5, 0.99, 0.999] {
+        let bound = crate::metrics::BUCKETS.iter().find(|b| {
+            let key = format!("ringgate_request_duration_seconds_bucket{{le=\"{b}\"}}");
+            sums.get(&key).copied().unwrap_or(0.0) >= q * count
+        });
+        let value = match bound {
+            _ if count == 0.0 => 0.0,
+            Some(b) => *b,
+            None => f64::INFINITY,
+        };
+        let value = if value.is_infinite() {
+            "+Inf".to_string()
+        } else {
+            value.to_string()
+        };
+        out.push_str(&format!(
+            "ringgate_request_duration_quantile_seconds{{quantile=\"{q}\"}} {value}\n"
+        ));
+    }
+}
 
 /// Prometheus text format (version 0.0.4) of the summed worker counters.
 fn render(state: &AdminState) -> io::Result<String> {
-    let sums: BTreeMap<String, u64> = state.control.metrics()?;
+    let sums: BTreeMap<String, f64> = state.control.metrics()?;
     let mut out = String::new();
     for (family, kind, help) in FAMILIES {
         out.push_str(&format!("# HELP {family} {help}\n# TYPE {family} {kind}\n"));
         for (name, value) in &sums {
             let base = name.split('{').next().unwrap_or_default();
-            if base == *family {
+            let member = base == *family
+                || (*kind == "histogram"
+                    && ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|suffix| base.strip_suffix(suffix) == Some(family)));
+            if member {
                 out.push_str(&format!("{name} {value}\n"));
             }
         }
     }
+    quantiles(&mut out, &sums);
     out.push_str("# HELP ringgate_config_generation Generation of the routing snapshot in use.\n");
     out.push_str("# TYPE ringgate_config_generation gauge\n");
     out.push_str(&format!(

@@ -60,7 +60,9 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
             head: &head,
             addr: &addr,
         };
+        let started = Instant::now();
         let next = proxy::handle(&w, side, &mut scratch).await;
+        w.metrics.observe(started.elapsed());
         if logging {
             pending.record(&w, &addr, &scratch.served);
         }

@@ -72,6 +72,24 @@ impl Worker {
         }
     }
 
+    /// This worker's counters and cache figures, for the control thread to sum.
+    pub fn export_metrics(&self) -> String {
+        let mut text = self.metrics.export(self.drain.connections());
+        if let Some((_, cache)) = self.cache.borrow().as_ref() {
+            let st = cache.stats();
+            for (name, value) in [
+                ("ringgate_cache_entries", st.entries as u64),
+                ("ringgate_cache_bytes", st.bytes as u64),
+                ("ringgate_cache_hits_total", st.hits),
+                ("ringgate_cache_misses_total", st.misses),
+                ("ringgate_cache_evictions_total", st.evictions),
+            ] {
+                text.push_str(&format!("{name} {value}\n"));
+            }
+        }
+        text
+    }
+
     /// Writes the access log's buffered lines (every second, and when the worker stops).
     pub fn flush_log(&self) {
         if let Some(log) = self.log.borrow_mut().as_mut() {
