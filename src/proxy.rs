@@ -145,6 +145,7 @@ pub async fn admit(
                 }
             }
             monoio::select! {
+                biased;
                 r = monoio::time::timeout(keepalive, client.fill()) => r,
                 _ = w.drain.started(conn_id) => return Admit::Closed,
             }

@@ -18,7 +18,10 @@ pub async fn accept_loop(
     waiter: u64,
 ) {
     loop {
+        // Biased: a connection already accepted is served (it gets `Connection: close`)
+        // rather than dropped when the drain starts at the same moment.
         let accepted = monoio::select! {
+            biased;
             a = listener.accept() => a,
             _ = w.drain.started(waiter) => return,
         };
