@@ -717,11 +717,6 @@ impl HeadScan {
         self.scanned = buf.len();
         false
     }
-
-    /// Start over for the next head (the buffer was consumed or compacted).
-    pub fn reset(&mut self) {
-        self.scanned = 0;
-    }
 }
 
 /// Why a step of the parser stopped.
