@@ -153,7 +153,10 @@ impl Writer {
         decimal(b, e.duration.as_micros() as u64);
         b.extend_from_slice(b",\"upstream\":");
         match e.upstream {
-            Some(addr) => json_str(b, addr.to_string().as_bytes()),
+            // An address needs no escaping; formatting into the buffer allocates nothing.
+            Some(addr) => {
+                let _ = write!(b, "\"{addr}\"");
+            }
             None => b.extend_from_slice(b"null"),
         }
         b.extend_from_slice(b",\"upstream_us\":");
