@@ -29,6 +29,7 @@ use crate::ratelimit::Decision;
 use crate::upstream::echo;
 use crate::upstream::pool::Upstream;
 use crate::wire::Wire;
+use crate::worker::drain::Started;
 use crate::worker::Worker;
 
 /// How long an idle connection of a draining worker waits for a request already on its way.
@@ -105,7 +106,7 @@ pub async fn admit(
     w: &Worker,
     client: &mut Wire,
     head: &mut RequestHead,
-    conn_id: u64,
+    drained: &mut Started<'_>,
     limits: &Limits,
     header_timeout: Duration,
     keepalive: Duration,
@@ -146,8 +147,8 @@ pub async fn admit(
             }
             monoio::select! {
                 biased;
-                r = monoio::time::timeout(keepalive, client.fill()) => r,
-                _ = w.drain.started(conn_id) => return Admit::Closed,
+                r = monoio::time::timeout_at((w.recent() + keepalive).into(), client.fill()) => r,
+                _ = &mut *drained => return Admit::Closed,
             }
         } else {
             let at = *deadline.get_or_insert_with(|| Instant::now() + header_timeout);
@@ -155,9 +156,9 @@ pub async fn admit(
         };
         match read {
             Ok(Ok(0)) | Ok(Err(_)) => return Admit::Closed,
-            Ok(Ok(_)) => {
-                deadline.get_or_insert_with(|| Instant::now() + header_timeout);
-            }
+            // The header deadline starts when a read leaves a partial head (above), not here:
+            // most heads arrive whole and never need one.
+            Ok(Ok(_)) => {}
             Err(_) if idle => return Admit::Closed,
             Err(_) => return Admit::Reject(Error::HeaderTimeout),
         }
@@ -270,7 +271,7 @@ pub async fn handle(w: &Worker, c: ClientSide<'_>, s: &mut Scratch) -> Next {
                 let mut waited = false;
                 loop {
                     let found =
-                        w.with_cache(settings, |cache| cache.lookup(buf, head, Instant::now()));
+                        w.with_cache(settings, |cache| cache.lookup(buf, head, w.recent()));
                     match found {
                         Lookup::Hit(hit) => {
                             return serve_hit(w, c, s, hit, false, keep_alive).await
@@ -654,7 +655,7 @@ async fn forward(w: &Worker, c: ClientSide<'_>, s: &mut Scratch, ctx: &ForwardCt
         let pooled = if tried_fresh {
             None
         } else {
-            w.pool.take(target, ctx.up.idle_timeout)
+            w.pool.take(target, ctx.up.idle_timeout, w.recent())
         };
         let mut conn = match pooled {
             Some(conn) => {
@@ -663,6 +664,8 @@ async fn forward(w: &Worker, c: ClientSide<'_>, s: &mut Scratch, ctx: &ForwardCt
             }
             None => match connect(target, ctx.up.connect_timeout).await {
                 Ok(stream) => {
+                    // Deadlines and the upstream time count from here, not from the request.
+                    w.now();
                     Metrics::add(&w.metrics.upstream_connects);
                     Upstream {
                         wire: Wire::new(stream, 16 * 1024),
@@ -698,7 +701,7 @@ async fn forward(w: &Worker, c: ClientSide<'_>, s: &mut Scratch, ctx: &ForwardCt
             // A second stale connection, or one that may not be repeated: a plain failure.
             Err(Failure::Stale) => break Err(Failure::Before(Error::UpstreamClosed)),
             Ok(Outcome::Reusable) => {
-                w.pool.put(conn, ctx.up.max_idle);
+                w.pool.put(conn, ctx.up.max_idle, w.recent());
                 break Ok(None);
             }
             Ok(Outcome::Done) => break Ok(None),
@@ -795,13 +798,17 @@ async fn exchange(
     }
     // The head goes out by value and comes back unchanged, ready for a retry (which only
     // bodiless requests get).
-    let sent_at = Instant::now();
+    // The request started (and a fresh connection was made) moments ago: no clock read.
+    let sent_at = w.recent();
     let (res, buf) = conn.wire.send(std::mem::take(&mut s.out)).await;
     s.out = buf;
     s.out.truncate(head_len);
     if res.is_err() {
         return Err(stale(conn.reused, Error::UpstreamIo));
     }
+    // The first wait for the response counts from the request's start, the clock read last,
+    // unless a streamed body took its time.
+    let mut wait_from = Some(sent_at);
     if req.framing != Framing::Length(0) && !body_sent {
         if req.expect_continue {
             client
@@ -836,6 +843,7 @@ async fn exchange(
                 Failure::After(Error::ClientClosed)
             }
         })?;
+        wait_from = Some(w.now());
     }
 
     // The response head; informational responses other than 101 are passed on and skipped.
@@ -850,7 +858,14 @@ async fn exchange(
                     Err(e) => return Err(Failure::Before(Error::UpstreamProtocol(e))),
                 }
             }
-            match monoio::time::timeout(ctx.up.read_timeout, conn.wire.fill()).await {
+            let read = match wait_from.take() {
+                Some(at) => {
+                    monoio::time::timeout_at((at + ctx.up.read_timeout).into(), conn.wire.fill())
+                        .await
+                }
+                None => monoio::time::timeout(ctx.up.read_timeout, conn.wire.fill()).await,
+            };
+            match read {
                 Err(_) => return Err(Failure::Before(Error::UpstreamTimeout)),
                 Ok(Ok(0)) | Ok(Err(_)) if !got_any && req.framing == Framing::Length(0) => {
                     return Err(stale(conn.reused, Error::UpstreamClosed))
@@ -907,7 +922,7 @@ async fn exchange(
     w.metrics.response(status);
     s.served.status = status;
     s.served.upstream = Some(conn.target);
-    s.served.upstream_time = Some(sent_at.elapsed());
+    s.served.upstream_time = Some(w.now().saturating_duration_since(sent_at));
     if ctx.capture.is_some() {
         s.served.cache = "MISS";
     }

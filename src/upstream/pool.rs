@@ -44,12 +44,12 @@ impl Pool {
     }
 
     /// The most recently used idle connection to `target` that is younger than
-    /// `idle_timeout`; older ones are closed on the way.
-    pub fn take(&self, target: SocketAddr, idle_timeout: Duration) -> Option<Upstream> {
+    /// `idle_timeout` at `now`; older ones are closed on the way.
+    pub fn take(&self, target: SocketAddr, idle_timeout: Duration, now: Instant) -> Option<Upstream> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&target)?;
         while let Some(entry) = list.pop() {
-            if entry.since.elapsed() < idle_timeout {
+            if now.saturating_duration_since(entry.since) < idle_timeout {
                 let mut conn = entry.conn;
                 conn.reused = true;
                 return Some(conn);
@@ -58,14 +58,15 @@ impl Pool {
         None
     }
 
-    /// Keeps `conn` for reuse unless `max_idle` connections to its target are already idle.
-    pub fn put(&self, conn: Upstream, max_idle: usize) {
+    /// Keeps `conn` for reuse, idle since `now`, unless `max_idle` connections to its target
+    /// are already idle.
+    pub fn put(&self, conn: Upstream, max_idle: usize, now: Instant) {
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(conn.target).or_default();
         if list.len() < max_idle {
             list.push(Idle {
                 conn,
-                since: Instant::now(),
+                since: now,
             });
         }
     }

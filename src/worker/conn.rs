@@ -8,7 +8,7 @@ use monoio::io::{AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 
 use crate::error::Error;
-use std::time::Instant;
+use std::time::Duration;
 
 use crate::accesslog::Entry;
 use crate::http::{encode, RequestHead, Version};
@@ -19,7 +19,10 @@ use crate::worker::Worker;
 /// Serves one accepted connection until it closes.
 pub async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
     let _open = w.drain.open();
-    let conn_id = w.next_conn_id();
+    // The first keep-alive deadline counts from here (`Worker::recent`).
+    w.now();
+    // Registered once for the connection, not once per idle read.
+    let mut drained = w.drain.started(w.next_conn_id());
     let _ = stream.set_nodelay(true);
     let (limits, header_timeout, keepalive) = {
         let snap = w.snapshot();
@@ -40,7 +43,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
             &w,
             &mut client,
             &mut head,
-            conn_id,
+            &mut drained,
             &limits,
             header_timeout,
             keepalive,
@@ -51,6 +54,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
             Admit::Closed => return,
             Admit::Reject(e) => return refuse(&w, &mut client, e).await,
         }
+        let started = w.now();
         let logging = w.log.borrow().is_some();
         if logging {
             pending.capture(client.data(), &head);
@@ -60,11 +64,12 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
             head: &head,
             addr: &addr,
         };
-        let started = Instant::now();
         let next = proxy::handle(&w, side, &mut scratch).await;
-        w.metrics.observe(started.elapsed());
+        // Also the time the next keep-alive read's deadline counts from (`Worker::recent`).
+        let took = w.now().saturating_duration_since(started);
+        w.metrics.observe(took);
         if logging {
-            pending.record(&w, &addr, &scratch.served);
+            pending.record(&w, &addr, &scratch.served, took);
         }
         match next {
             Next::KeepAlive => {}
@@ -84,7 +89,6 @@ struct Pending {
     user_agent: Vec<u8>,
     request_id: Vec<u8>,
     http10: bool,
-    started: Option<Instant>,
 }
 
 impl Pending {
@@ -108,10 +112,9 @@ impl Pending {
             head.fields.get(buf, b"x-request-id").unwrap_or_default(),
         );
         self.http10 = head.version == Version::Http10;
-        self.started = Some(Instant::now());
     }
 
-    fn record(&self, w: &Worker, client: &[u8], served: &Served) {
+    fn record(&self, w: &Worker, client: &[u8], served: &Served, duration: Duration) {
         let entry = Entry {
             client,
             method: &self.method,
@@ -119,7 +122,7 @@ impl Pending {
             http10: self.http10,
             status: served.status,
             bytes: served.bytes,
-            duration: self.started.map(|t| t.elapsed()).unwrap_or_default(),
+            duration,
             upstream: served.upstream,
             upstream_time: served.upstream_time,
             route: served.route,

@@ -3,6 +3,7 @@
 //! connection has closed. Single-threaded (`Cell`/`RefCell`), so nothing here is atomic.
 
 use std::cell::{Cell, RefCell};
+use std::collections::hash_map::Entry;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -28,7 +29,8 @@ impl Drain {
         self.draining.get()
     }
 
-    /// Resolves once the drain has started; `id` must be unique among concurrent waiters.
+    /// Resolves once the drain has started; `id` must be unique among concurrent waiters. The
+    /// future may be polled again after each time it was left pending (a connection keeps one).
     pub fn started(&self, id: u64) -> Started<'_> {
         Started { drain: self, id }
     }
@@ -68,10 +70,17 @@ impl Future for Started<'_> {
         if self.drain.is_draining() {
             return Poll::Ready(());
         }
-        self.drain
-            .waiting
-            .borrow_mut()
-            .insert(self.id, cx.waker().clone());
+        // A connection polls this once per idle read, with the same task's waker each time.
+        match self.drain.waiting.borrow_mut().entry(self.id) {
+            Entry::Occupied(mut held) => {
+                if !held.get().will_wake(cx.waker()) {
+                    held.insert(cx.waker().clone());
+                }
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(cx.waker().clone());
+            }
+        }
         Poll::Pending
     }
 }
