@@ -270,8 +270,7 @@ pub async fn handle(w: &Worker, c: ClientSide<'_>, s: &mut Scratch) -> Next {
                 }
                 let mut waited = false;
                 loop {
-                    let found =
-                        w.with_cache(settings, |cache| cache.lookup(buf, head, w.recent()));
+                    let found = w.with_cache(settings, |cache| cache.lookup(buf, head, w.recent()));
                     match found {
                         Lookup::Hit(hit) => {
                             return serve_hit(w, c, s, hit, false, keep_alive).await
