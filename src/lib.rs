@@ -5,6 +5,7 @@
 //! monoio. The hot path starts at [`worker::conn::serve`].
 //!
 //! - [`http`]: the sans-io HTTP/1.1 codec (parse, body framing, encode, limits);
+//! - [`access`]: IP filters, CORS, API keys, JWT and header edits: per-route access decisions;
 //! - [`config`]: TOML file → validated, typed [`config::Config`];
 //! - [`routing`]: the immutable route table and the lock-free snapshot workers read;
 //! - [`ratelimit`]: a worker's token-bucket shard of a rate-limit policy;
@@ -16,6 +17,7 @@
 //! - [`error`], [`metrics`], [`accesslog`]: failure classes, per-worker counters, the
 //!   access log.
 
+pub mod access;
 pub mod accesslog;
 pub mod cache;
 pub mod config;
