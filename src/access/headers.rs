@@ -20,12 +20,14 @@ pub enum Side {
     Response,
 }
 
-/// Why an edit was refused: `field` is `"set"` or `"remove"`, `name` the header at fault.
+/// Why an edit was refused: `field` is `"set"` or `"remove"`, `name` the header at fault, and
+/// `in_value` says whether its value (rather than its name) is at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct HeaderEditError {
     pub field: &'static str,
     pub name: String,
+    pub in_value: bool,
     pub message: String,
 }
 
@@ -95,6 +97,7 @@ impl HeaderEdits {
             let fail = |message: String| HeaderEditError {
                 field,
                 name: name.clone(),
+                in_value: false,
                 message,
             };
             if name.is_empty() || !name.bytes().all(is_tchar) {
@@ -122,6 +125,7 @@ impl HeaderEdits {
                 return Err(HeaderEditError {
                     field: "set",
                     name: name.clone(),
+                    in_value: true,
                     message: "must not hold control characters or leading or trailing whitespace"
                         .into(),
                 });

@@ -79,6 +79,12 @@ pub(crate) struct ServerFile {
     pub(crate) max_head: Option<Spanned<Value>>,
     pub(crate) max_headers: Option<Spanned<i64>>,
     pub(crate) steer: Option<Steer>,
+    /// Address blocks that may connect at all (empty: any).
+    #[serde(default)]
+    pub(crate) ip_allow: Vec<Spanned<String>>,
+    /// Address blocks refused before anything else.
+    #[serde(default)]
+    pub(crate) ip_deny: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,6 +119,73 @@ pub(crate) struct RouteFile {
     pub(crate) rate_limit: Option<Spanned<String>>,
     /// `true`, `false` or `{ ttl = "60s" }`.
     pub(crate) cache: Option<Spanned<Value>>,
+    pub(crate) ip: Option<IpFile>,
+    pub(crate) cors: Option<CorsFile>,
+    pub(crate) auth: Option<AuthFile>,
+    pub(crate) request_headers: Option<HeadersFile>,
+    pub(crate) response_headers: Option<HeadersFile>,
+}
+
+/// `ip = { allow = [...], deny = [...] }` on a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IpFile {
+    #[serde(default)]
+    pub(crate) allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) deny: Vec<Spanned<String>>,
+}
+
+/// `cors = { origins = [...], ... }` on a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CorsFile {
+    pub(crate) origins: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub(crate) methods: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) headers: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) expose_headers: Vec<Spanned<String>>,
+    pub(crate) max_age: Option<Spanned<Value>>,
+    pub(crate) credentials: Option<Spanned<bool>>,
+}
+
+/// `auth = { api_keys = PATH, header, forward_as }` or `auth = { jwt = { ... } }` (also written
+/// as a `[routes.auth.jwt]` table).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuthFile {
+    pub(crate) api_keys: Option<Spanned<String>>,
+    pub(crate) header: Option<Spanned<String>>,
+    pub(crate) forward_as: Option<Spanned<String>>,
+    pub(crate) jwt: Option<JwtFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct JwtFile {
+    pub(crate) algorithms: Spanned<Vec<Spanned<String>>>,
+    pub(crate) secret_file: Option<Spanned<String>>,
+    pub(crate) public_key_file: Option<Spanned<String>>,
+    pub(crate) jwks_file: Option<Spanned<String>>,
+    pub(crate) issuer: Option<Spanned<String>>,
+    pub(crate) audience: Option<Spanned<String>>,
+    pub(crate) leeway: Option<Spanned<Value>>,
+    #[serde(default)]
+    pub(crate) required_scopes: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) claims_to_headers: BTreeMap<Spanned<String>, Spanned<String>>,
+}
+
+/// `request_headers` / `response_headers = { set = { NAME = VALUE }, remove = [NAME] }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HeadersFile {
+    #[serde(default)]
+    pub(crate) set: BTreeMap<Spanned<String>, Spanned<String>>,
+    #[serde(default)]
+    pub(crate) remove: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -3,8 +3,11 @@
 //! `file` mirrors the TOML one to one (serde, unknown keys rejected); `validate` resolves
 //! defaults, parses durations, sizes and addresses, and checks what serde cannot (references
 //! between sections, duplicate routes). Every rejection names the origin, line, column and key
-//! path, so an operator can fix a reload without guessing. This module never touches sockets
-//! and never reads anything but the one file it is given.
+//! path, so an operator can fix a reload without guessing. This module never touches sockets;
+//! besides the config file it reads only the key files that routes' `auth` names (API keys, JWT
+//! secrets, public keys, JWKS), at load, so that a reload re-reads them. Relative key-file paths
+//! are resolved against the config file's directory ([`load`]) or, for text without a file
+//! ([`parse`]), against the working directory.
 //!
 //! The key names are a public contract (see DESIGN.md, "Config contract"): extend, never rename.
 
@@ -19,6 +22,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::access::{Auth, IpFilter, RoutePolicy};
 use crate::http::Limits;
 
 /// The annotated default configuration, compiled in so that `ringgate run` works without a file.
@@ -42,6 +46,9 @@ pub struct Config {
     pub cache: Option<CacheSettings>,
     /// `[log]`: the access log.
     pub log: LogSettings,
+    /// Access rules per route: `route_policies[i]` belongs to `routes[i]` (kept beside the
+    /// routes rather than in them so the route table's input stays plain data).
+    pub route_policies: Vec<RoutePolicy>,
 }
 
 /// `[log]`: where access log lines go and in which format.
@@ -130,6 +137,8 @@ pub struct Server {
     pub limits: Limits,
     /// How the kernel spreads new connections over the workers.
     pub steer: Steer,
+    /// `ip_allow` / `ip_deny`: checked for every connection before anything else.
+    pub ip: IpFilter,
 }
 
 /// Connection steering across workers. TOML spelling: `"none"`, `"client_ip"`.
@@ -329,18 +338,22 @@ impl fmt::Display for KeyPrefix<'_> {
 }
 
 /// Parses and validates `text`; `origin` (a path, or [`EMBEDDED_ORIGIN`]) prefixes every error.
+/// Relative key-file paths are taken as they are (against the working directory).
 pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
     let file = file::File::parse(text, origin)?;
-    validate::validate(file, text, origin)
+    validate::validate(file, text, origin, None)
 }
 
-/// Reads and validates the file at `path`.
+/// Reads and validates the file at `path`; relative key-file paths in it are resolved against
+/// its directory.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&text, &path.display().to_string())
+    let origin = path.display().to_string();
+    let file = file::File::parse(&text, &origin)?;
+    validate::validate(file, &text, &origin, path.parent())
 }
 
 impl Config {
@@ -372,8 +385,16 @@ impl Config {
         if let Some(admin) = &self.admin {
             writeln!(out, "admin:     {}", admin.listen)?;
         }
+        if !server.ip.is_open() {
+            writeln!(
+                out,
+                "ip:        allow {} blocks, deny {} blocks",
+                server.ip.allow.blocks().len(),
+                server.ip.deny.blocks().len()
+            )?;
+        }
         writeln!(out, "routes:")?;
-        for route in &self.routes {
+        for (i, route) in self.routes.iter().enumerate() {
             let host = match &route.host {
                 HostMatch::Any => "(any host)".to_string(),
                 HostMatch::Exact(host) => host.clone(),
@@ -404,6 +425,27 @@ impl Config {
                     writeln!(out)?;
                 }
                 Action::Respond { status, .. } => writeln!(out, "respond {status}")?,
+            }
+            if let Some(policy) = self.route_policies.get(i).filter(|p| !p.is_empty()) {
+                let mut parts: Vec<&str> = Vec::new();
+                if !policy.ip.is_open() {
+                    parts.push("ip filter");
+                }
+                if policy.cors.is_some() {
+                    parts.push("cors");
+                }
+                match &policy.auth {
+                    Some(Auth::ApiKeys(_)) => parts.push("api keys"),
+                    Some(Auth::Jwt(_)) => parts.push("jwt"),
+                    None => {}
+                }
+                if !policy.request_headers.is_empty() {
+                    parts.push("request headers");
+                }
+                if !policy.response_headers.is_empty() {
+                    parts.push("response headers");
+                }
+                writeln!(out, "    access: {}", parts.join(", "))?;
             }
         }
         writeln!(out, "upstreams:")?;

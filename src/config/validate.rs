@@ -6,19 +6,26 @@
 use std::collections::HashMap;
 use std::net::{Ipv6Addr, SocketAddr};
 use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::{Spanned, Value};
 
 use super::file::{
-    invalid, position, push_key, AdminFile, CacheFile, File, RateLimitFile, RespondFile, RouteFile,
-    ServerFile, UpstreamFile,
+    invalid, position, push_key, AdminFile, AuthFile, CacheFile, CorsFile, File, HeadersFile,
+    JwtFile, RateLimitFile, RespondFile, RouteFile, ServerFile, UpstreamFile,
 };
 use super::{
     AccessLog, Action, Admin, Balance, CacheSettings, Cidr, Config, ConfigError, Driver, HostMatch,
     LimitKey, LogFormat, LogSettings, RateLimit, Route, RouteCache, Server, Steer, Upstream,
     UpstreamKind, Workers,
 };
+use crate::access::apikey::{self, ApiKeyAuth, KeySet};
+use crate::access::cors::{CorsPolicy, CorsSettings};
+use crate::access::headers::{editable, HeaderEdits, Side};
+use crate::access::ip::{Block, CidrSet, IpFilter};
+use crate::access::jwt::{self, JwtError, JwtPolicy, JwtSettings, KeySource};
+use crate::access::{Auth, RoutePolicy};
 use crate::http::Limits;
 
 const KIB: u64 = 1024;
@@ -29,7 +36,14 @@ const GIB: u64 = 1024 * MIB;
 /// buffer is sized for it.
 const MAX_HOST: usize = 253;
 
-pub(crate) fn validate(file: File, text: &str, origin: &str) -> Result<Config, ConfigError> {
+/// `base` is the directory relative key-file paths are resolved against (`None`: the working
+/// directory).
+pub(crate) fn validate(
+    file: File,
+    text: &str,
+    origin: &str,
+    base: Option<&Path>,
+) -> Result<Config, ConfigError> {
     let cx = Cx { text, origin };
     let server = server(&cx, file.server)?;
     let admin = file
@@ -78,6 +92,17 @@ pub(crate) fn validate(file: File, text: &str, origin: &str) -> Result<Config, C
             }
         }
     }
+    let mut route_policies = Vec::with_capacity(routes.len());
+    for (i, (spanned, route)) in file.routes.iter().zip(&routes).enumerate() {
+        let proxies = matches!(route.action, Action::Proxy { .. });
+        route_policies.push(route_policy(
+            &cx,
+            spanned,
+            &format!("routes[{i}]"),
+            base,
+            proxies,
+        )?);
+    }
     let log = match &file.log {
         None => LogSettings {
             access: AccessLog::Off,
@@ -107,6 +132,335 @@ pub(crate) fn validate(file: File, text: &str, origin: &str) -> Result<Config, C
         rate_limits,
         cache,
         log,
+        route_policies,
+    })
+}
+
+/// A list of address blocks (`key[i]` names a bad one).
+fn cidr_set(cx: &Cx, list: &[Spanned<String>], key: &str) -> Result<CidrSet, ConfigError> {
+    let mut blocks = Vec::with_capacity(list.len());
+    for (i, text) in list.iter().enumerate() {
+        let block = Block::parse(text.get_ref())
+            .map_err(|e| cx.at(text, format!("{key}[{i}]"), e.to_string()))?;
+        blocks.push(block);
+    }
+    Ok(CidrSet::new(blocks))
+}
+
+/// A key file's path: relative ones are relative to the config file's directory.
+fn resolve(base: Option<&Path>, path: &str) -> PathBuf {
+    match base {
+        Some(dir) if Path::new(path).is_relative() => dir.join(path),
+        _ => PathBuf::from(path),
+    }
+}
+
+/// The access rules of one route (`key` is `routes[i]`).
+fn route_policy(
+    cx: &Cx,
+    spanned: &Spanned<RouteFile>,
+    key: &str,
+    base: Option<&Path>,
+    proxies: bool,
+) -> Result<RoutePolicy, ConfigError> {
+    let file = spanned.get_ref();
+    let field = |f: &str| format!("{key}.{f}");
+    let ip = match &file.ip {
+        None => IpFilter::default(),
+        Some(ip) => IpFilter {
+            allow: cidr_set(cx, &ip.allow, &field("ip.allow"))?,
+            deny: cidr_set(cx, &ip.deny, &field("ip.deny"))?,
+        },
+    };
+    let cors = match &file.cors {
+        None => None,
+        Some(c) => Some(cors(cx, c, &field("cors"))?),
+    };
+    let auth = match &file.auth {
+        None => None,
+        Some(a) => Some(auth(cx, spanned, a, &field("auth"), base)?),
+    };
+    let request_headers = match &file.request_headers {
+        None => HeaderEdits::default(),
+        Some(_) if !proxies => {
+            return Err(cx.at(
+                spanned,
+                field("request_headers"),
+                "only applies to routes with an `upstream`",
+            ))
+        }
+        Some(h) => header_edits(cx, h, Side::Request, &field("request_headers"))?,
+    };
+    let response_headers = match &file.response_headers {
+        None => HeaderEdits::default(),
+        Some(h) => header_edits(cx, h, Side::Response, &field("response_headers"))?,
+    };
+    Ok(RoutePolicy {
+        ip,
+        cors,
+        auth,
+        request_headers,
+        response_headers,
+    })
+}
+
+fn cors(cx: &Cx, file: &CorsFile, key: &str) -> Result<CorsPolicy, ConfigError> {
+    let strings = |list: &[Spanned<String>]| -> Vec<String> {
+        list.iter().map(|s| s.get_ref().clone()).collect()
+    };
+    let max_age = match &file.max_age {
+        None => None,
+        Some(value) => Some(duration(
+            cx,
+            Some(value),
+            &format!("{key}.max_age"),
+            Duration::ZERO,
+            Zero::Allowed,
+        )?),
+    };
+    let settings = CorsSettings {
+        origins: strings(file.origins.get_ref()),
+        methods: strings(&file.methods),
+        headers: strings(&file.headers),
+        expose_headers: strings(&file.expose_headers),
+        max_age,
+        credentials: file.credentials.as_ref().is_some_and(|c| *c.get_ref()),
+    };
+    CorsPolicy::new(settings).map_err(|e| {
+        let (list, whole): (&[Spanned<String>], usize) = match e.field {
+            "origins" => (file.origins.get_ref(), file.origins.span().start),
+            "methods" => (&file.methods, 0),
+            "headers" => (&file.headers, 0),
+            "expose_headers" => (&file.expose_headers, 0),
+            _ => (&[], file.credentials.as_ref().map_or(0, |c| c.span().start)),
+        };
+        match e.index.and_then(|i| Some((i, list.get(i)?))) {
+            Some((i, item)) => cx.at(item, format!("{key}.{}[{i}]", e.field), e.message),
+            None => cx.error(whole, format!("{key}.{}", e.field), e.message),
+        }
+    })
+}
+
+fn auth(
+    cx: &Cx,
+    route: &Spanned<RouteFile>,
+    file: &AuthFile,
+    key: &str,
+    base: Option<&Path>,
+) -> Result<Auth, ConfigError> {
+    let field = |f: &str| format!("{key}.{f}");
+    match (&file.api_keys, &file.jwt) {
+        (Some(path), None) => {
+            let header = match &file.header {
+                None => apikey::DEFAULT_HEADER.to_string(),
+                Some(h) if is_token(h.get_ref()) => h.get_ref().clone(),
+                Some(h) => return Err(cx.at(h, field("header"), "is not a header name")),
+            };
+            let forward_as = match &file.forward_as {
+                None => None,
+                Some(f) => {
+                    let name = f.get_ref();
+                    if !is_token(name) {
+                        return Err(cx.at(f, field("forward_as"), "is not a header name"));
+                    }
+                    if !editable(Side::Request, &name.to_ascii_lowercase()) {
+                        return Err(cx.at(
+                            f,
+                            field("forward_as"),
+                            format!("`{name}` is managed by the gateway; pick another header"),
+                        ));
+                    }
+                    if name.eq_ignore_ascii_case(&header) {
+                        return Err(cx.at(
+                            f,
+                            field("forward_as"),
+                            "must differ from `header` (the key itself never goes upstream)",
+                        ));
+                    }
+                    Some(name.clone())
+                }
+            };
+            let resolved = resolve(base, path.get_ref());
+            let keys = KeySet::load(&resolved)
+                .map_err(|e| cx.at(path, field("api_keys"), e.to_string()))?;
+            Ok(Auth::ApiKeys(ApiKeyAuth::new(
+                resolved, header, forward_as, keys,
+            )))
+        }
+        (None, Some(jwt)) => {
+            for (name, value) in [("header", &file.header), ("forward_as", &file.forward_as)] {
+                if let Some(value) = value {
+                    return Err(cx.at(
+                        value,
+                        field(name),
+                        "only applies with `api_keys` (JWT claims go upstream through `jwt.claims_to_headers`)",
+                    ));
+                }
+            }
+            Ok(Auth::Jwt(jwt_policy(cx, jwt, &field("jwt"), base)?))
+        }
+        (Some(path), Some(_)) => Err(cx.at(
+            path,
+            field("api_keys"),
+            "cannot be combined with `jwt`: a route takes one kind of credential",
+        )),
+        (None, None) => Err(cx.at(route, key, "needs `api_keys = \"PATH\"` or `jwt = { ... }`")),
+    }
+}
+
+fn jwt_policy(
+    cx: &Cx,
+    file: &JwtFile,
+    key: &str,
+    base: Option<&Path>,
+) -> Result<JwtPolicy, ConfigError> {
+    let field = |f: &str| format!("{key}.{f}");
+    let mut algorithms = Vec::with_capacity(file.algorithms.get_ref().len());
+    for (i, name) in file.algorithms.get_ref().iter().enumerate() {
+        let Some(alg) = jwt::parse_algorithm(name.get_ref()) else {
+            let message = if name.get_ref().eq_ignore_ascii_case("none") {
+                "`none` means unsigned tokens, which are never accepted".to_string()
+            } else {
+                format!(
+                    "`{}` is not a JWS algorithm (HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA)",
+                    name.get_ref()
+                )
+            };
+            return Err(cx.at(name, format!("{key}.algorithms[{i}]"), message));
+        };
+        if !algorithms.contains(&alg) {
+            algorithms.push(alg);
+        }
+    }
+
+    let sources = [
+        ("secret_file", &file.secret_file),
+        ("public_key_file", &file.public_key_file),
+        ("jwks_file", &file.jwks_file),
+    ];
+    let mut given = sources
+        .iter()
+        .filter_map(|(name, value)| value.as_ref().map(|v| (*name, v)));
+    let (source_name, path) = match (given.next(), given.next()) {
+        (Some(one), None) => one,
+        (None, _) => {
+            return Err(cx.at(
+                &file.algorithms,
+                key,
+                "needs a key: `secret_file`, `public_key_file` or `jwks_file`",
+            ))
+        }
+        (Some(_), Some((name, value))) => {
+            return Err(cx.at(
+                value,
+                field(name),
+                "only one of `secret_file`, `public_key_file` and `jwks_file` may be given",
+            ))
+        }
+    };
+    let resolved = resolve(base, path.get_ref());
+    let source = match source_name {
+        "secret_file" => KeySource::SecretFile(resolved),
+        "public_key_file" => KeySource::PublicKeyFile(resolved),
+        _ => KeySource::JwksFile(resolved),
+    };
+
+    let non_empty = |value: &Option<Spanned<String>>, name: &str| match value {
+        None => Ok(None),
+        Some(v) if v.get_ref().is_empty() => Err(cx.at(v, field(name), "must not be empty")),
+        Some(v) => Ok(Some(v.get_ref().clone())),
+    };
+    let issuer = non_empty(&file.issuer, "issuer")?;
+    let audience = non_empty(&file.audience, "audience")?;
+    let leeway = duration(
+        cx,
+        file.leeway.as_ref(),
+        &field("leeway"),
+        jwt::DEFAULT_LEEWAY,
+        Zero::Allowed,
+    )?;
+    let mut claims: Vec<(&Spanned<String>, &Spanned<String>)> =
+        file.claims_to_headers.iter().collect();
+    claims.sort_by_key(|(claim, _)| claim.span().start);
+    let settings = JwtSettings {
+        algorithms,
+        key: source,
+        issuer,
+        audience,
+        leeway,
+        required_scopes: file
+            .required_scopes
+            .iter()
+            .map(|s| s.get_ref().clone())
+            .collect(),
+        claims_to_headers: claims
+            .iter()
+            .map(|(c, h)| (c.get_ref().clone(), h.get_ref().clone()))
+            .collect(),
+    };
+    JwtPolicy::load(settings).map_err(|e| match e {
+        JwtError::Algorithms(message) => cx.at(&file.algorithms, field("algorithms"), message),
+        JwtError::Key { .. } | JwtError::Io { .. } => {
+            cx.at(path, field(source_name), e.to_string())
+        }
+        JwtError::ClaimHeader { claim, message } => {
+            let mut k = field("claims_to_headers");
+            push_key(&mut k, &claim);
+            let at = claims
+                .iter()
+                .find(|(c, _)| c.get_ref() == &claim)
+                .map_or(0, |(_, h)| h.span().start);
+            cx.error(at, k, message)
+        }
+        JwtError::Scope { index, message } => {
+            let at = file
+                .required_scopes
+                .get(index)
+                .map_or(0, |s| s.span().start);
+            cx.error(at, format!("{key}.required_scopes[{index}]"), message)
+        }
+    })
+}
+
+fn header_edits(
+    cx: &Cx,
+    file: &HeadersFile,
+    side: Side,
+    key: &str,
+) -> Result<HeaderEdits, ConfigError> {
+    let mut set: Vec<(&Spanned<String>, &Spanned<String>)> = file.set.iter().collect();
+    set.sort_by_key(|(name, _)| name.span().start);
+    let pairs = set
+        .iter()
+        .map(|(n, v)| (n.get_ref().clone(), v.get_ref().clone()))
+        .collect();
+    let remove = file.remove.iter().map(|r| r.get_ref().clone()).collect();
+    HeaderEdits::new(side, pairs, remove).map_err(|e| {
+        if e.field == "set" {
+            let mut k = format!("{key}.set");
+            push_key(&mut k, &e.name);
+            let at = set
+                .iter()
+                .find(|(n, _)| n.get_ref() == &e.name)
+                .map_or(0, |(n, v)| {
+                    if e.in_value {
+                        v.span().start
+                    } else {
+                        n.span().start
+                    }
+                });
+            cx.error(at, k, e.message)
+        } else {
+            match file
+                .remove
+                .iter()
+                .enumerate()
+                .find(|(_, r)| r.get_ref() == &e.name)
+            {
+                Some((i, r)) => cx.at(r, format!("{key}.remove[{i}]"), e.message),
+                None => cx.error(0, format!("{key}.remove"), e.message),
+            }
+        }
     })
 }
 
@@ -393,6 +747,10 @@ fn server(cx: &Cx, file: Option<ServerFile>) -> Result<Server, ConfigError> {
             ..defaults
         },
         steer: file.steer.unwrap_or(Steer::None),
+        ip: IpFilter {
+            allow: cidr_set(cx, &file.ip_allow, "server.ip_allow")?,
+            deny: cidr_set(cx, &file.ip_deny, "server.ip_deny")?,
+        },
     })
 }
 
