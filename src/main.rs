@@ -164,7 +164,7 @@ fn run(path: Option<PathBuf>, inherited: Vec<TcpListener>) -> anyhow::Result<()>
                     tracing::warn!("sd_notify: {e}");
                 }
                 // Logged either way; SIGHUP has no one to answer.
-                let _ = reload::reload(path.as_deref(), &server.snapshot());
+                let _ = reload::reload(path.as_deref(), &server.snapshot(), &control);
                 notify(&notifier, "READY=1");
             }
             sig => {

@@ -55,7 +55,8 @@ impl Server {
             Workers::Count(n) => n.get(),
         };
         let steer = config.server.steer == Steer::ClientIp;
-        let (addrs, listeners) = bind(&config.server.listen, workers, steer, &inherited)?;
+        let configured = config.server.listen.clone();
+        let (addrs, listeners) = bind(&configured, workers, steer, &inherited)?;
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let pin = config.server.pin;
         let driver = config.server.driver;
@@ -68,10 +69,15 @@ impl Server {
         for (id, own) in listeners.into_iter().enumerate() {
             let (ours, theirs) =
                 UnixStream::pair().map_err(|source| ServerError::Worker { worker: id, source })?;
-            control.push(ours);
+            let inbox = Arc::new(Mutex::new(Vec::new()));
+            control.push(WorkerLink {
+                ctl: ours,
+                inbox: Arc::clone(&inbox),
+            });
             let local = snapshot.handle();
             let core = cores.get(id % cores.len().max(1)).copied().filter(|_| pin);
             let (ready, done) = (ready_tx.clone(), done_tx.clone());
+            let addrs_started = addrs.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("ringgate-w{id}"))
                 .spawn(move || {
@@ -82,16 +88,10 @@ impl Server {
                     let ran = worker::run(driver, |running| async move {
                         let ready = started;
                         let w = Rc::new(Worker::new(id, workers, local));
-                        for (i, listener) in own.into_iter().enumerate() {
-                            match monoio::net::TcpListener::from_std(listener) {
-                                Ok(l) => {
-                                    let waiter = u64::MAX - i as u64;
-                                    monoio::spawn(accept::accept_loop(Rc::clone(&w), l, max_connections, waiter));
-                                }
-                                Err(e) => {
-                                    let _ = ready.send(Err(e));
-                                    return;
-                                }
+                        for (addr, listener) in addrs_started.iter().zip(own) {
+                            if let Err(e) = accept::listen(&w, *addr, listener, max_connections) {
+                                let _ = ready.send(Err(e));
+                                return;
                             }
                         }
                         if w.log.borrow().is_some() {
@@ -99,7 +99,7 @@ impl Server {
                         }
                         tracing::info!(worker = id, driver = %running, core = ?core.map(|c| c.id), "worker started");
                         let _ = ready.send(Ok(running));
-                        control_loop(theirs, &w).await;
+                        control_loop(theirs, &w, &inbox).await;
                         tracing::info!(worker = id, connections = w.drain.connections(), "worker draining");
                         w.drain.start();
                         w.drain.all_closed().await;
@@ -125,12 +125,17 @@ impl Server {
                 }
             }
         }
+        let listening = configured.into_iter().zip(addrs.iter().copied()).collect();
         Ok(Server {
             addrs,
             drivers,
             snapshot,
             control: Arc::new(Control {
-                workers: Mutex::new(control),
+                state: Mutex::new(ControlState {
+                    workers: control,
+                    listening,
+                    steer,
+                }),
             }),
             done,
             threads,
@@ -178,41 +183,81 @@ async fn flush_log_every_second(w: Rc<Worker>) {
 
 /// Serves the control thread on a worker: `m` asks for the worker's counters (answered as a
 /// length-prefixed text block), `s` (or the socket's end) stops it.
-async fn control_loop(ctl: UnixStream, w: &Worker) {
+/// Answers the control thread: `m` → this worker's metrics (length-prefixed text), `l` → apply
+/// the listener changes waiting in `inbox`, then `k`; anything else, or a closed socket, stops
+/// the worker.
+async fn control_loop(ctl: UnixStream, w: &Rc<Worker>, inbox: &Mutex<Vec<ListenerChange>>) {
     let Ok(mut ctl) = monoio::net::UnixStream::from_std(ctl) else {
         return;
     };
     loop {
         let (res, buf) = ctl.read(Vec::with_capacity(1)).await;
-        match (res, buf.first()) {
+        let reply = match (res, buf.first()) {
             (Ok(1), Some(b'm')) => {
                 let text = w.export_metrics();
                 let mut msg = (text.len() as u32).to_le_bytes().to_vec();
                 msg.extend_from_slice(text.as_bytes());
-                if ctl.write_all(msg).await.0.is_err() {
-                    return;
+                msg
+            }
+            (Ok(1), Some(b'l')) => {
+                let changes = inbox.lock().map(|mut c| std::mem::take(&mut *c));
+                let max_connections = w.snapshot().config.server.max_connections;
+                for change in changes.unwrap_or_default() {
+                    match change {
+                        ListenerChange::Open(addr, listener) => {
+                            if let Err(e) = accept::listen(w, addr, listener, max_connections) {
+                                tracing::error!(worker = w.id, %addr, "cannot listen: {e}");
+                            }
+                        }
+                        ListenerChange::Close(addr) => accept::unlisten(w, addr),
+                    }
                 }
+                b"k".to_vec()
             }
             _ => return,
+        };
+        if ctl.write_all(reply).await.0.is_err() {
+            return;
         }
     }
 }
 
-/// The control thread's line to every worker. A `Mutex` is fine here: only the control plane
-/// (signals, the admin listener) takes it, never a request.
+/// A listener a reload adds to a worker (the worker's own SO_REUSEPORT socket) or takes away.
+enum ListenerChange {
+    Open(SocketAddr, std::net::TcpListener),
+    Close(SocketAddr),
+}
+
+struct WorkerLink {
+    ctl: UnixStream,
+    /// Listener changes for the worker to take when it reads `l`.
+    inbox: Arc<Mutex<Vec<ListenerChange>>>,
+}
+
+struct ControlState {
+    workers: Vec<WorkerLink>,
+    /// The addresses in `server.listen` now served, each with the address it resolved to (the
+    /// port the kernel chose for port 0).
+    listening: Vec<(SocketAddr, SocketAddr)>,
+    steer: bool,
+}
+
+/// The control thread's line to the workers: metrics on request, listener changes on reload,
+/// stop. A mutex is fine here: nothing on a request's path takes it.
 pub struct Control {
-    workers: Mutex<Vec<UnixStream>>,
+    state: Mutex<ControlState>,
 }
 
 impl Control {
-    /// Every worker's counters, summed by metric (labels included).
+    fn lock(&self) -> io::Result<std::sync::MutexGuard<'_, ControlState>> {
+        self.state.lock().map_err(|_| io::Error::other("poisoned"))
+    }
+
     pub fn metrics(&self) -> io::Result<BTreeMap<String, f64>> {
-        let workers = self
-            .workers
-            .lock()
-            .map_err(|_| io::Error::other("poisoned"))?;
+        let state = self.lock()?;
         let mut sum = BTreeMap::new();
-        for mut ctl in workers.iter() {
+        for link in &state.workers {
+            let mut ctl = &link.ctl;
             ctl.set_read_timeout(Some(Duration::from_secs(5)))?;
             ctl.write_all(b"m")?;
             let mut len = [0u8; 4];
@@ -228,17 +273,94 @@ impl Control {
         Ok(sum)
     }
 
+    /// Makes the workers listen on exactly `wanted` (a reloaded `server.listen`): addresses
+    /// that are new get one SO_REUSEPORT socket per worker, bound before this returns (so a
+    /// config whose address cannot be bound is refused whole); addresses no longer wanted
+    /// stop accepting, while their open connections carry on. Returns when every worker has
+    /// applied the change.
+    pub fn relisten(&self, wanted: &[SocketAddr]) -> Result<(), ServerError> {
+        let mut state = self
+            .lock()
+            .map_err(|source| ServerError::Worker { worker: 0, source })?;
+        // Each wanted address keeps the listener that serves it: the one bound to exactly that
+        // address, or for port 0 one configured as that same port-0 address.
+        let mut kept = vec![false; state.listening.len()];
+        let mut added = Vec::new();
+        for &want in wanted {
+            let serving =
+                state
+                    .listening
+                    .iter()
+                    .enumerate()
+                    .position(|(i, (configured, actual))| {
+                        let same = if want.port() == 0 {
+                            *configured == want
+                        } else {
+                            *actual == want
+                        };
+                        same && !kept[i]
+                    });
+            match serving {
+                Some(i) => kept[i] = true,
+                None => added.push(want),
+            }
+        }
+        let removed: Vec<(SocketAddr, SocketAddr)> = state
+            .listening
+            .iter()
+            .zip(&kept)
+            .filter(|(_, kept)| !**kept)
+            .map(|(l, _)| *l)
+            .collect();
+        if added.is_empty() && removed.is_empty() {
+            return Ok(());
+        }
+        let (actual, per_worker) = bind(&added, state.workers.len(), state.steer, &[])?;
+        for (link, sockets) in state.workers.iter().zip(per_worker) {
+            let Ok(mut inbox) = link.inbox.lock() else {
+                continue;
+            };
+            inbox.extend(
+                actual
+                    .iter()
+                    .zip(sockets)
+                    .map(|(a, l)| ListenerChange::Open(*a, l)),
+            );
+            inbox.extend(removed.iter().map(|(_, a)| ListenerChange::Close(*a)));
+        }
+        for (i, link) in state.workers.iter().enumerate() {
+            apply_listeners(&link.ctl)
+                .map_err(|source| ServerError::Worker { worker: i, source })?;
+        }
+        let mut still = kept.into_iter();
+        state.listening.retain(|_| still.next().unwrap_or(false));
+        for (configured, addr) in added.into_iter().zip(actual) {
+            tracing::info!("listening on {addr}");
+            state.listening.push((configured, addr));
+        }
+        for (_, addr) in removed {
+            tracing::info!("stopped listening on {addr}");
+        }
+        Ok(())
+    }
+
     fn stop(&self) {
-        if let Ok(workers) = self.workers.lock() {
-            for mut ctl in workers.iter() {
-                let _ = ctl.write_all(b"s");
+        if let Ok(state) = self.lock() {
+            for link in &state.workers {
+                let _ = (&link.ctl).write_all(b"s");
             }
         }
     }
 }
 
-/// One listening socket per worker per address, all in one SO_REUSEPORT group per address;
-/// port 0 is resolved by the first bind so every worker shares the port.
+/// Tells a worker to take its listener changes and waits until it has.
+fn apply_listeners(mut ctl: &UnixStream) -> io::Result<()> {
+    ctl.set_read_timeout(Some(Duration::from_secs(5)))?;
+    ctl.write_all(b"l")?;
+    let mut ack = [0u8; 1];
+    ctl.read_exact(&mut ack)
+}
+
 type Listeners = (Vec<SocketAddr>, Vec<Vec<std::net::TcpListener>>);
 
 fn bind(

@@ -343,3 +343,66 @@ fn socket_activated_restart_refuses_no_connection() {
         "{reset} connections closed unanswered during the restart"
     );
 }
+
+/// A reload that adds a listen address starts serving it, one that removes an address stops
+/// accepting there (its open connections carry on), and one whose address cannot be bound is
+/// refused whole.
+#[test]
+fn reload_opens_and_closes_listeners() {
+    let up = Upstream::ok("up");
+    let mut gw = Gateway::start(&config("{listen}", up.addr));
+    let first = gw.addr;
+    let get = |addr: SocketAddr| {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        read_response(&mut BufReader::new(s)).0
+    };
+    let mut kept = std::net::TcpStream::connect(first).unwrap();
+    kept.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut kept_reader = BufReader::new(kept.try_clone().unwrap());
+    kept.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut kept_reader).0, 200);
+
+    // Add a second address (port 0: the log says which port it got).
+    let both = format!("{first}\", \"127.0.0.1:0");
+    std::fs::write(gw.config_path(), config(&both, up.addr)).unwrap();
+    gw.signal("HUP");
+    gw.wait_for_nth_line("reloaded", 1);
+    let line = gw.wait_for_nth_line("listening on ", 2);
+    let second: SocketAddr = line
+        .rsplit("listening on ")
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(second, first);
+    assert_eq!(get(second), 200);
+    assert_eq!(get(first), 200);
+
+    // Drop the first address: new connections there are refused, the open one still works.
+    std::fs::write(gw.config_path(), config(&second.to_string(), up.addr)).unwrap();
+    gw.signal("HUP");
+    gw.wait_for_nth_line("reloaded", 2);
+    gw.wait_for_line(&format!("stopped listening on {first}"));
+    let refused = std::net::TcpStream::connect(first).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    kept.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut kept_reader).0, 200);
+    assert_eq!(get(second), 200);
+
+    // An address another socket holds (without SO_REUSEPORT): the reload is refused and
+    // nothing changes.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = format!("{second}\", \"{}", taken.local_addr().unwrap());
+    std::fs::write(gw.config_path(), config(&busy, up.addr)).unwrap();
+    gw.signal("HUP");
+    let refusal = gw.wait_for_line("reload failed");
+    assert!(refusal.contains("cannot listen on"), "{refusal}");
+    assert_eq!(get(second), 200);
+    assert!(gw.log.iter().filter(|l| l.contains("reloaded")).count() == 2);
+}

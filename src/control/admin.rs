@@ -69,7 +69,11 @@ fn serve(mut stream: TcpStream, state: &AdminState) -> io::Result<()> {
     let path = path.split(|&b| b == b'?').next().unwrap_or_default();
     if head.method == Method::Post {
         return match path {
-            b"/reload" => match reload::reload(state.config_path.as_deref(), &state.snapshot) {
+            b"/reload" => match reload::reload(
+                state.config_path.as_deref(),
+                &state.snapshot,
+                &state.control,
+            ) {
                 Ok(generation) => {
                     let body = format!("reloaded: generation {generation}\n");
                     respond(&mut stream, 200, b"text/plain", body.as_bytes())

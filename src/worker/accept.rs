@@ -1,7 +1,13 @@
 //! The accept loop of one listener in one worker: admits connections up to
-//! `server.max_connections`, closes (and counts) the rest, and stops when the drain starts.
+//! `server.max_connections`, closes (and counts) the rest, and stops when the drain starts or
+//! a reload removes its address.
 
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
 use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use monoio::net::TcpListener;
@@ -9,13 +15,73 @@ use monoio::net::TcpListener;
 use crate::metrics::Metrics;
 use crate::worker::{conn, Worker};
 
-/// `waiter` identifies this loop among the worker's drain waiters (connection ids count up
-/// from 1, so loops take ids from the top).
-pub async fn accept_loop(
+/// Starts accepting on `listener` (bound to `addr`) in this worker.
+pub fn listen(
+    w: &Rc<Worker>,
+    addr: SocketAddr,
+    listener: std::net::TcpListener,
+    max_connections: usize,
+) -> io::Result<()> {
+    let listener = TcpListener::from_std(listener)?;
+    let shut = Rc::new(Shut::default());
+    // Connection ids count up from 1, so accept loops take drain-waiter ids from the top.
+    let opened = w.listeners_opened.get();
+    w.listeners_opened.set(opened + 1);
+    let waiter = u64::MAX - opened;
+    w.listeners.borrow_mut().push((addr, Rc::clone(&shut)));
+    monoio::spawn(accept_loop(
+        Rc::clone(w),
+        listener,
+        max_connections,
+        waiter,
+        shut,
+    ));
+    Ok(())
+}
+
+/// Stops accepting on `addr` in this worker; its connections carry on.
+pub fn unlisten(w: &Worker, addr: SocketAddr) {
+    w.listeners.borrow_mut().retain(|(a, shut)| {
+        if *a == addr {
+            shut.close();
+        }
+        *a != addr
+    });
+}
+
+/// Closes one accept loop.
+#[derive(Default)]
+pub struct Shut {
+    closed: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Shut {
+    fn close(&self) {
+        self.closed.set(true);
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    fn closed(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.closed.get() {
+                Poll::Ready(())
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+    }
+}
+
+async fn accept_loop(
     w: Rc<Worker>,
     listener: TcpListener,
     max_connections: usize,
     waiter: u64,
+    shut: Rc<Shut>,
 ) {
     loop {
         // Biased: a connection already accepted is served (it gets `Connection: close`)
@@ -24,6 +90,7 @@ pub async fn accept_loop(
             biased;
             a = listener.accept() => a,
             _ = w.drain.started(waiter) => return,
+            _ = shut.closed() => return,
         };
         match accepted {
             Ok((stream, peer)) => {

@@ -38,6 +38,10 @@ pub struct Worker {
     pub metrics: Metrics,
     pub drain: Drain,
     next_conn: Cell<u64>,
+    /// The addresses this worker accepts on, each with the switch that closes its loop.
+    pub listeners: RefCell<Vec<(std::net::SocketAddr, Rc<accept::Shut>)>>,
+    /// How many listeners were ever opened, so each accept loop gets its own drain-waiter id.
+    pub listeners_opened: Cell<u64>,
     /// The last time read by [`Worker::now`]: deadlines that may be late by the duration of
     /// one turn of this worker's loop take it instead of reading the clock again.
     clock: Cell<Instant>,
@@ -69,6 +73,8 @@ impl Worker {
             metrics: Metrics::default(),
             drain: Drain::default(),
             next_conn: Cell::new(1),
+            listeners: RefCell::new(Vec::new()),
+            listeners_opened: Cell::new(0),
             clock: Cell::new(Instant::now()),
             limiters: RefCell::new(ahash::AHashMap::new()),
             cache: RefCell::new(None),
@@ -178,10 +184,7 @@ impl Worker {
             limiters.insert(policy.name.clone(), (policy.clone(), limiter));
         }
         match limiters.get_mut(&policy.name) {
-            Some((_, limiter)) => (
-                limiter.check(key, self.recent()),
-                limiter.limit(),
-            ),
+            Some((_, limiter)) => (limiter.check(key, self.recent()), limiter.limit()),
             None => (
                 Decision::Allow {
                     remaining: 0,
