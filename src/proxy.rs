@@ -66,6 +66,10 @@ pub struct Scratch {
     /// The request head, kept for the cache's admission check once the response arrives
     /// (the client buffer has moved on by then).
     pub request: Vec<u8>,
+    /// The X-Request-Id the gateway made for this request (empty when the client sent one).
+    pub request_id: Vec<u8>,
+    /// Field lines the gateway adds to the request it forwards (X-Request-Id, identity).
+    pub upstream_extra: Vec<u8>,
     pub response: ResponseHead,
     /// What the exchange came to, for the access log.
     pub served: Served,
@@ -93,6 +97,8 @@ impl Scratch {
             chunk: Vec::with_capacity(16 * 1024 + 32),
             extra: Vec::with_capacity(256),
             request: Vec::new(),
+            request_id: Vec::with_capacity(32),
+            upstream_extra: Vec::with_capacity(256),
             served: Served::default(),
             response: ResponseHead::new(limits),
         }
@@ -190,6 +196,14 @@ pub async fn handle(w: &Worker, c: ClientSide<'_>, s: &mut Scratch) -> Next {
     let keep_alive = head.keep_alive() && !w.drain.is_draining();
     s.extra.clear();
     s.served = Served::default();
+    s.request_id.clear();
+    s.upstream_extra.clear();
+    if head.fields.get(buf, b"x-request-id").is_none() {
+        w.request_id(&mut s.request_id);
+        s.upstream_extra.extend_from_slice(b"X-Request-Id: ");
+        s.upstream_extra.extend_from_slice(&s.request_id);
+        s.upstream_extra.extend_from_slice(b"\r\n");
+    }
     let Some((index, route)) = route else {
         return reject(w, c, s, Error::NoRoute, server.max_body).await;
     };
@@ -314,6 +328,7 @@ pub async fn handle(w: &Worker, c: ClientSide<'_>, s: &mut Scratch) -> Next {
                 client_addr: c.addr,
                 proto: b"http",
                 tunnel: head.wants_upgrade(),
+                extra: &s.upstream_extra,
             };
             encode::request_head(&mut s.out, buf, head, &fwd);
             match &up.kind {

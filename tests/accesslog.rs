@@ -97,3 +97,48 @@ fn combined_format() {
         "{line}"
     );
 }
+
+/// A request without X-Request-Id gets one made by the gateway: sent upstream and logged; a
+/// client's own id is passed through as it is, once.
+#[test]
+fn request_ids_are_generated_forwarded_and_logged() {
+    let up = Upstream::ok("ok");
+    let log = TempFile::new("log", b"");
+    let mut gw = Gateway::start(&config(up.addr, &log.path, "json"));
+    for _ in 0..3 {
+        assert_eq!(
+            exchange(&gw, b"GET /a HTTP/1.1\r\nHost: api\r\n\r\n").0,
+            200
+        );
+    }
+    let given = b"GET /b HTTP/1.1\r\nHost: api\r\nX-Request-Id: from-client\r\n\r\n";
+    assert_eq!(exchange(&gw, given).0, 200);
+    gw.signal("TERM");
+    assert!(gw.wait_exit().success());
+
+    let seen = up.requests();
+    let ids: Vec<String> = seen
+        .iter()
+        .map(|r| r.header("x-request-id").expect("an id upstream").to_owned())
+        .collect();
+    for id in &ids[..3] {
+        assert_eq!(id.len(), 32, "{id}");
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    }
+    assert!(ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2]);
+    assert_eq!(ids[3], "from-client");
+    let ids_on_b = seen[3]
+        .head
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("x-request-id:"))
+        .count();
+    assert_eq!(ids_on_b, 1);
+
+    let text = std::fs::read_to_string(&log.path).unwrap();
+    let logged: Vec<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|l| l["request_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(logged, ids, "{text}");
+}

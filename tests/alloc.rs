@@ -71,6 +71,7 @@ fn parsing_decoding_and_encoding_allocate_nothing_per_message() {
             client_addr: b"127.0.0.1",
             proto: b"http",
             tunnel: false,
+            extra: b"",
         };
         encode::request_head(&mut out, REQUEST, &request, &fwd);
         let Ok(Status::Complete(_)) = response.parse(RESPONSE, &limits) else {

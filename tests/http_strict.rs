@@ -483,6 +483,7 @@ Expect: 100-continue\r\n\r\n";
         client_addr: b"127.0.0.1",
         proto: b"http",
         tunnel: false,
+        extra: b"",
     };
     encode::request_head(&mut out, raw, &head, &fwd);
     assert_eq!(
@@ -509,6 +510,7 @@ fn transfer_encoding_is_forwarded_as_one_normalised_list() {
         client_addr: b"127.0.0.1",
         proto: b"http",
         tunnel: false,
+        extra: b"",
     };
     encode::request_head(&mut out, raw, &head, &fwd);
     let text = String::from_utf8(out).unwrap();

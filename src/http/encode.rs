@@ -18,6 +18,9 @@ pub struct Forward<'a> {
     pub proto: &'a [u8],
     /// The request is a protocol upgrade the proxy will tunnel: keep Upgrade.
     pub tunnel: bool,
+    /// Complete field lines (`Name: value\r\n`) the gateway adds, such as a generated
+    /// X-Request-Id.
+    pub extra: &'a [u8],
 }
 
 /// Writes the request head to send upstream. Always HTTP/1.1, origin-form, one Host first.
@@ -61,6 +64,7 @@ pub fn request_head(out: &mut Vec<u8>, buf: &[u8], head: &RequestHead, fwd: &For
         Version::Http11 => b"1.1 ringgate",
     };
     joined(out, buf, head, HeaderKind::Via, via);
+    out.extend_from_slice(fwd.extra);
     if fwd.tunnel {
         out.extend_from_slice(b"Connection: upgrade\r\n");
     }

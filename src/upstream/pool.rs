@@ -45,7 +45,12 @@ impl Pool {
 
     /// The most recently used idle connection to `target` that is younger than
     /// `idle_timeout` at `now`; older ones are closed on the way.
-    pub fn take(&self, target: SocketAddr, idle_timeout: Duration, now: Instant) -> Option<Upstream> {
+    pub fn take(
+        &self,
+        target: SocketAddr,
+        idle_timeout: Duration,
+        now: Instant,
+    ) -> Option<Upstream> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&target)?;
         while let Some(entry) = list.pop() {
@@ -64,10 +69,7 @@ impl Pool {
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(conn.target).or_default();
         if list.len() < max_idle {
-            list.push(Idle {
-                conn,
-                since: now,
-            });
+            list.push(Idle { conn, since: now });
         }
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::accesslog::Entry;
 use crate::http::{encode, RequestHead, Version};
-use crate::proxy::{self, Admit, ClientSide, Next, Scratch, Served};
+use crate::proxy::{self, Admit, ClientSide, Next, Scratch};
 use crate::wire::Wire;
 use crate::worker::Worker;
 
@@ -69,7 +69,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
         let took = w.now().saturating_duration_since(started);
         w.metrics.observe(took);
         if logging {
-            pending.record(&w, &addr, &scratch.served, took);
+            pending.record(&w, &addr, &scratch, took);
         }
         match next {
             Next::KeepAlive => {}
@@ -114,7 +114,8 @@ impl Pending {
         self.http10 = head.version == Version::Http10;
     }
 
-    fn record(&self, w: &Worker, client: &[u8], served: &Served, duration: Duration) {
+    fn record(&self, w: &Worker, client: &[u8], s: &Scratch, duration: Duration) {
+        let served = &s.served;
         let entry = Entry {
             client,
             method: &self.method,
@@ -132,7 +133,12 @@ impl Pending {
             } else {
                 served.cache
             },
-            request_id: &self.request_id,
+            // The client's, or the one the gateway made and sent upstream.
+            request_id: if self.request_id.is_empty() {
+                &s.request_id
+            } else {
+                &self.request_id
+            },
             referer: &self.referer,
             user_agent: &self.user_agent,
         };

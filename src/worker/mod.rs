@@ -45,6 +45,8 @@ pub struct Worker {
     /// The last time read by [`Worker::now`]: deadlines that may be late by the duration of
     /// one turn of this worker's loop take it instead of reading the clock again.
     clock: Cell<Instant>,
+    /// Generated request ids: a random prefix chosen at start, then a count.
+    request_ids: (u64, Cell<u64>),
     /// This worker's shard of each rate-limit policy, by name; rebuilt when a reload changes
     /// the policy.
     limiters: RefCell<ahash::AHashMap<String, (RateLimit, Limiter)>>,
@@ -76,6 +78,7 @@ impl Worker {
             listeners: RefCell::new(Vec::new()),
             listeners_opened: Cell::new(0),
             clock: Cell::new(Instant::now()),
+            request_ids: (random_u64(), Cell::new(0)),
             limiters: RefCell::new(ahash::AHashMap::new()),
             cache: RefCell::new(None),
             fetching: RefCell::new(ahash::AHashMap::new()),
@@ -95,6 +98,19 @@ impl Worker {
     /// header field, and a request reads it three times instead of nine.
     pub fn recent(&self) -> Instant {
         self.clock.get()
+    }
+
+    /// Writes a new request id: 32 hex digits, unique across workers and restarts (a random
+    /// 64-bit prefix per worker, then this worker's count).
+    pub fn request_id(&self, out: &mut Vec<u8>) {
+        let (prefix, count) = &self.request_ids;
+        let n = count.get();
+        count.set(n.wrapping_add(1));
+        for word in [*prefix, n] {
+            for shift in (0..16).rev() {
+                out.push(b"0123456789abcdef"[(word >> (shift * 4)) as usize & 15]);
+            }
+        }
     }
 
     /// This worker's counters and cache figures, for the control thread to sum.
@@ -215,6 +231,20 @@ impl Worker {
         self.next_conn.set(id + 1);
         id
     }
+}
+
+/// 64 random bits from the kernel (the clock and the thread as a fallback).
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: the kernel writes at most `bytes.len()` bytes into `bytes`.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n == bytes.len() as isize {
+        return u64::from_ne_bytes(bytes);
+    }
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    t.as_nanos() as u64 ^ (u64::from(std::process::id()) << 32)
 }
 
 /// A cache miss being fetched; dropping it (stored or failed) lets the waiters look again.
