@@ -28,6 +28,14 @@ pub enum Error {
     RateLimited,
     #[error("PURGE from an address not in cache.purge_allow")]
     PurgeForbidden,
+    #[error("client address refused by ip_allow/ip_deny")]
+    IpDenied,
+    #[error("CORS preflight refused")]
+    CorsRefused,
+    #[error("missing or invalid credentials")]
+    Unauthorized,
+    #[error("credentials lack a required scope")]
+    Forbidden,
     #[error("upstream refused the connection")]
     UpstreamRefused,
     #[error("upstream connect timed out")]
@@ -63,7 +71,8 @@ impl Error {
             Error::ClientClosed => 400,
             Error::NoRoute => 404,
             Error::RateLimited => 429,
-            Error::PurgeForbidden => 403,
+            Error::PurgeForbidden | Error::IpDenied | Error::CorsRefused | Error::Forbidden => 403,
+            Error::Unauthorized => 401,
             Error::UpstreamConnectTimeout | Error::UpstreamTimeout => 504,
             Error::UpstreamRefused
             | Error::UpstreamProtocol(_)
@@ -82,6 +91,10 @@ impl Error {
             Error::NoRoute => "no_route",
             Error::RateLimited => "rate_limited",
             Error::PurgeForbidden => "purge_forbidden",
+            Error::IpDenied => "ip_denied",
+            Error::CorsRefused => "cors_refused",
+            Error::Unauthorized => "unauthorized",
+            Error::Forbidden => "forbidden",
             Error::UpstreamRefused => "upstream_refused",
             Error::UpstreamConnectTimeout => "upstream_connect_timeout",
             Error::UpstreamTimeout => "upstream_timeout",

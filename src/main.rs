@@ -50,6 +50,9 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Read an API key from standard input (one line) and print the SHA-256 hex digest that a
+    /// key file holds for it (`NAME:DIGEST`); the key itself never goes in the file.
+    HashKey,
 }
 
 fn main() -> ExitCode {
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Check { config }) => check(&config),
         Some(Command::Run { config }) => run(config, inherited),
+        Some(Command::HashKey) => hash_key(),
         None => run(None, inherited),
     };
     match result {
@@ -76,6 +80,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn hash_key() -> anyhow::Result<()> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the key from standard input")?;
+    let key = line.trim_end_matches(['\r', '\n']);
+    anyhow::ensure!(!key.is_empty(), "no key on standard input");
+    println!("{}", ringgate::access::hash_key(key));
+    Ok(())
 }
 
 fn check(path: &Path) -> anyhow::Result<()> {

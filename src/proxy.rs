@@ -10,17 +10,19 @@
 //! connections' fixed buffers as they arrive.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
+use crate::access::cors::{self, CorsRequest, Preflight};
+use crate::access::{RoutePolicy, Verdict};
 use crate::cache::{Hit, Key, Lookup};
 use crate::config::{
     Action, Builtin, CacheSettings, LimitKey, Route, Upstream as UpstreamConfig, UpstreamKind,
 };
 use crate::error::Error;
-use crate::http::encode::{self, BodyOut, Forward, Generated, Reply};
+use crate::http::encode::{self, BodyOut, Forward, Generated, Omit, Reply};
 use crate::http::{
     BodyDecoder, Framing, HeadScan, Limits, Method, RequestHead, ResponseHead, Status, Version,
 };
@@ -177,6 +179,7 @@ pub struct ClientSide<'a> {
     pub head: &'a RequestHead,
     /// The client's IP in text form, for X-Forwarded-For.
     pub addr: &'a [u8],
+    pub ip: IpAddr,
 }
 
 /// Routes the request whose head is parsed in `c.head` (its bytes still at the start of the
@@ -189,10 +192,17 @@ pub async fn handle(w: &Worker, c: ClientSide<'_>, s: &mut Scratch) -> Next {
     let buf = c.wire.data();
     let path = head.path.of(buf);
     let path_only = path.split(|&b| b == b'?').next().unwrap_or_default();
-    let route = snap
+    let mut found = snap
         .table
-        .find(head.host(buf), path_only, head.method_span.of(buf))
-        .and_then(|i| Some((i, snap.config.routes.get(i)?)));
+        .find(head.host(buf), path_only, head.method_span.of(buf));
+    if found.is_none() && head.method == Method::Options {
+        // A CORS preflight asks about the method the page will use: route it by that one,
+        // so a route limited to GET and POST still answers its preflights.
+        if let Some(method) = head.fields.get(buf, b"access-control-request-method") {
+            found = snap.table.find(head.host(buf), path_only, method);
+        }
+    }
+    let route = found.and_then(|i| Some((i, snap.config.routes.get(i)?)));
     let keep_alive = head.keep_alive() && !w.drain.is_draining();
     s.extra.clear();
     s.served = Served::default();
@@ -204,10 +214,39 @@ pub async fn handle(w: &Worker, c: ClientSide<'_>, s: &mut Scratch) -> Next {
         s.upstream_extra.extend_from_slice(&s.request_id);
         s.upstream_extra.extend_from_slice(b"\r\n");
     }
+    // The global address filter comes before anything else.
+    if !server.ip.permits(c.ip) {
+        return reject(w, c, s, Error::IpDenied, server.max_body).await;
+    }
     let Some((index, route)) = route else {
         return reject(w, c, s, Error::NoRoute, server.max_body).await;
     };
     s.served.route = Some(index);
+    // Policy: the route's address filter, CORS, authentication, header edits.
+    let policy = snap
+        .config
+        .route_policies
+        .get(index)
+        .filter(|p| !p.is_empty());
+    if let Some(policy) = policy {
+        match check_access(w, head, buf, c.ip, policy, s) {
+            Access::Pass => {}
+            Access::Refuse(e) => return reject(w, c, s, e, server.max_body).await,
+            Access::Preflight => {
+                let g = Generated {
+                    status: 204,
+                    content_type: b"",
+                    body: b"",
+                    extra: &s.extra,
+                    keep_alive,
+                    client_version: head.version,
+                    head_only: false,
+                };
+                return respond_generated(w, c, (&mut s.out, &mut s.served), &g, server.max_body)
+                    .await;
+            }
+        }
+    }
     // Policy: rate limits.
     if let Some(policy) = route
         .rate_limit
@@ -278,7 +317,9 @@ pub async fn handle(w: &Worker, c: ClientSide<'_>, s: &mut Scratch) -> Next {
             };
             // Cache lookup.
             let mut capture = None;
-            if let (Some(rc), Some(settings)) = (route.cache, &snap.config.cache) {
+            // An authenticated route's answers are for their caller only: never cached.
+            let shared = policy.is_none_or(|p| p.auth.is_none());
+            if let (Some(rc), Some(settings), true) = (route.cache, &snap.config.cache, shared) {
                 if head.method_span.of(buf) == b"PURGE" {
                     return purge(w, c, s, settings, keep_alive, server.max_body).await;
                 }
@@ -322,6 +363,7 @@ pub async fn handle(w: &Worker, c: ClientSide<'_>, s: &mut Scratch) -> Next {
                 .map(str::as_bytes)
                 .unwrap_or(head.host(buf));
             s.out.clear();
+            let omit_request = policy.map(|p| |name: &[u8]| p.drops_request_header(name));
             let fwd = Forward {
                 path: forward_path,
                 host,
@@ -329,6 +371,7 @@ pub async fn handle(w: &Worker, c: ClientSide<'_>, s: &mut Scratch) -> Next {
                 proto: b"http",
                 tunnel: head.wants_upgrade(),
                 extra: &s.upstream_extra,
+                omit: omit_request.as_ref().map(|f| f as &Omit<'_>),
             };
             encode::request_head(&mut s.out, buf, head, &fwd);
             match &up.kind {
@@ -342,12 +385,98 @@ pub async fn handle(w: &Worker, c: ClientSide<'_>, s: &mut Scratch) -> Next {
                         client_timeout: server.keepalive_timeout,
                         limits: server.limits,
                         capture,
+                        policy,
                     };
                     forward(w, c, s, &ctx).await
                 }
             }
         }
     }
+}
+
+/// What a route's access rules make of a request.
+enum Access {
+    /// On to the upstream (or the route's answer), with the identity and `set` lines in
+    /// `s.upstream_extra` and the response's CORS lines in `s.extra`.
+    Pass,
+    /// A CORS preflight the gateway answers itself: 204 with the lines in `s.extra`.
+    Preflight,
+    /// Refused: the error's status, with any challenge (WWW-Authenticate) in `s.extra`.
+    Refuse(Error),
+}
+
+/// Applies a route's access rules in their order (see `access`): address, CORS, credentials,
+/// request header edits. Every refusal is logged here with its reason (the status and counter
+/// come from `reject`).
+fn check_access(
+    w: &Worker,
+    head: &RequestHead,
+    buf: &[u8],
+    ip: IpAddr,
+    policy: &RoutePolicy,
+    s: &mut Scratch,
+) -> Access {
+    if !policy.ip.permits(ip) {
+        return Access::Refuse(Error::IpDenied);
+    }
+    if let Some(cors) = &policy.cors {
+        let request = cors::classify(
+            head.method == Method::Options,
+            head.fields.get(buf, b"origin"),
+            head.fields.get(buf, b"access-control-request-method"),
+            head.fields.get(buf, b"access-control-request-headers"),
+        );
+        match request {
+            CorsRequest::Preflight {
+                origin,
+                method,
+                headers,
+            } => {
+                return match cors.preflight(origin, method, headers, &mut s.extra) {
+                    Preflight::Allowed => Access::Preflight,
+                    Preflight::Refused(why) => {
+                        s.extra.clear();
+                        tracing::info!(
+                            worker = w.id,
+                            reason = why.as_str(),
+                            "CORS preflight refused"
+                        );
+                        Access::Refuse(Error::CorsRefused)
+                    }
+                };
+            }
+            CorsRequest::Actual { origin } => cors.response_headers(Some(origin), &mut s.extra),
+            CorsRequest::NotCors => {}
+        }
+    }
+    if let Some(auth) = &policy.auth {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let verdict = auth.check(
+            |name| head.fields.get(buf, name),
+            now,
+            &mut w.jwt.borrow_mut(),
+            &mut s.upstream_extra,
+        );
+        if let Verdict::Deny(denial) = verdict {
+            tracing::info!(
+                worker = w.id,
+                status = denial.status,
+                reason = denial.reason.as_str(),
+                "request refused by auth"
+            );
+            denial.write_headers(&mut s.extra);
+            return Access::Refuse(if denial.status == 403 {
+                Error::Forbidden
+            } else {
+                Error::Unauthorized
+            });
+        }
+    }
+    policy.request_headers.write_set(&mut s.upstream_extra);
+    policy.response_headers.write_set(&mut s.extra);
+    Access::Pass
 }
 
 /// The RateLimit-Limit/-Remaining/-Reset fields (draft-ietf-httpapi-ratelimit-headers).
@@ -515,6 +644,8 @@ struct ForwardCtx<'a> {
     limits: Limits,
     /// A cache miss: store the response under this key if the cache admits it.
     capture: Option<Capture<'a>>,
+    /// The route's access rules, for the response's header edits.
+    policy: Option<&'a RoutePolicy>,
 }
 
 #[derive(Clone, Copy)]
@@ -922,12 +1053,16 @@ async fn exchange(
         Framing::Chunked | Framing::Eof if client_http11 => (BodyOut::Chunked, ctx.keep_alive),
         Framing::Chunked | Framing::Eof => (BodyOut::UntilClose, false),
     };
+    let omit = ctx
+        .policy
+        .map(|p| |name: &[u8]| p.response_headers.drops(name));
     let reply = Reply {
         body,
         keep_alive: keep_client && !w.drain.is_draining(),
         client_version: req.version,
         tunnel,
         extra: &s.extra,
+        omit: omit.as_ref().map(|f| f as &Omit<'_>),
     };
     s.reply.clear();
     encode::response_head(&mut s.reply, conn.wire.data(), response, &reply);

@@ -72,6 +72,7 @@ fn parsing_decoding_and_encoding_allocate_nothing_per_message() {
             proto: b"http",
             tunnel: false,
             extra: b"",
+            omit: None,
         };
         encode::request_head(&mut out, REQUEST, &request, &fwd);
         let Ok(Status::Complete(_)) = response.parse(RESPONSE, &limits) else {
@@ -83,6 +84,7 @@ fn parsing_decoding_and_encoding_allocate_nothing_per_message() {
             client_version: request.version,
             tunnel: false,
             extra: b"",
+            omit: None,
         };
         let _ = response.framing(Method::Post);
         encode::response_head(&mut out, RESPONSE, &response, &reply);

@@ -484,6 +484,7 @@ Expect: 100-continue\r\n\r\n";
         proto: b"http",
         tunnel: false,
         extra: b"",
+        omit: None,
     };
     encode::request_head(&mut out, raw, &head, &fwd);
     assert_eq!(
@@ -511,6 +512,7 @@ fn transfer_encoding_is_forwarded_as_one_normalised_list() {
         proto: b"http",
         tunnel: false,
         extra: b"",
+        omit: None,
     };
     encode::request_head(&mut out, raw, &head, &fwd);
     let text = String::from_utf8(out).unwrap();
@@ -533,6 +535,7 @@ fn forwarded_response_heads() {
         client_version: Version::Http11,
         tunnel: false,
         extra: b"",
+        omit: None,
     };
     encode::response_head(&mut out, raw, &head, &reply);
     assert_eq!(
@@ -564,6 +567,7 @@ fn forwarded_response_heads() {
         client_version: Version::Http10,
         tunnel: false,
         extra: b"",
+        omit: None,
     };
     encode::response_head(&mut out, raw, &head, &reply);
     assert_eq!(

@@ -6,7 +6,7 @@
 use super::parse::{list_tokens, Fields, HeaderKind, RequestHead, ResponseHead, Span, Version};
 
 /// What the proxy decided about the request it forwards.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Forward<'a> {
     /// Origin-form target to send (after any prefix strip); `/` is sent if empty.
     pub path: &'a [u8],
@@ -21,7 +21,12 @@ pub struct Forward<'a> {
     /// Complete field lines (`Name: value\r\n`) the gateway adds, such as a generated
     /// X-Request-Id.
     pub extra: &'a [u8],
+    /// End-to-end fields of the client's to leave out, by name (a route's header edits).
+    pub omit: Option<&'a Omit<'a>>,
 }
+
+/// Which fields to leave out of a forwarded head, by name.
+pub type Omit<'a> = dyn Fn(&[u8]) -> bool + 'a;
 
 /// Writes the request head to send upstream. Always HTTP/1.1, origin-form, one Host first.
 /// Drops hop-by-hop fields, Expect (the gateway answers 100-continue itself) and the client's
@@ -41,7 +46,7 @@ pub fn request_head(out: &mut Vec<u8>, buf: &[u8], head: &RequestHead, fwd: &For
             HeaderKind::Other => true,
             HeaderKind::Upgrade => fwd.tunnel,
             _ => false,
-        };
+        } && fwd.omit.is_none_or(|omit| !omit(h.name.of(buf)));
         if keep {
             field(out, buf, h.name, h.value.of(buf));
         }
@@ -97,7 +102,7 @@ pub enum BodyOut {
 }
 
 /// What the proxy decided about the response it forwards.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Reply<'a> {
     pub body: BodyOut,
     /// The client connection stays open after this response.
@@ -108,6 +113,8 @@ pub struct Reply<'a> {
     pub tunnel: bool,
     /// Whole field lines (`Name: value\r\n`) the gateway adds, e.g. RateLimit-*.
     pub extra: &'a [u8],
+    /// End-to-end fields of the upstream's to leave out, by name (a route's header edits).
+    pub omit: Option<&'a Omit<'a>>,
 }
 
 /// Writes the response head to send to the client: the upstream's status, reason and
@@ -133,7 +140,7 @@ pub fn response_head(out: &mut Vec<u8>, buf: &[u8], head: &ResponseHead, reply: 
             HeaderKind::TransferEncoding => false,
             HeaderKind::Upgrade => reply.tunnel,
             kind => !kind.is_hop_by_hop(),
-        };
+        } && reply.omit.is_none_or(|omit| !omit(h.name.of(buf)));
         if keep {
             field(out, buf, h.name, h.value.of(buf));
         }
@@ -235,7 +242,10 @@ fn generated_head(out: &mut Vec<u8>, g: &Generated<'_>, body_len: usize) {
         out.extend_from_slice(g.content_type);
         out.extend_from_slice(b"\r\n");
     }
-    content_length(out, body_len as u64);
+    // A 204 (a CORS preflight answer) has no body and may not announce one (RFC 9110 §8.6).
+    if g.status != 204 {
+        content_length(out, body_len as u64);
+    }
     connection(out, g.keep_alive, g.client_version, false);
     out.extend_from_slice(b"\r\n");
 }

@@ -63,6 +63,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
             wire: &mut client,
             head: &head,
             addr: &addr,
+            ip: peer.ip(),
         };
         let next = proxy::handle(&w, side, &mut scratch).await;
         // Also the time the next keep-alive read's deadline counts from (`Worker::recent`).

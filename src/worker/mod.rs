@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Instant;
 
+use crate::access::jwt::{self, JwtCache};
 use crate::accesslog;
 use crate::cache::{Cache, CacheConfig, Key};
 use crate::config::{CacheSettings, Driver, RateLimit, Steer};
@@ -54,6 +55,8 @@ pub struct Worker {
     cache: RefCell<Option<(CacheSettings, Cache)>>,
     /// Cache misses being fetched, with the requests waiting for them (coalescing).
     fetching: RefCell<ahash::AHashMap<Key, Vec<Waker>>>,
+    /// Verified JWTs, so a token seen again skips its signature check until it expires.
+    pub jwt: RefCell<JwtCache>,
     /// This worker's access log, if `[log] access` is on (opened at start; a reload does not
     /// change it).
     pub log: RefCell<Option<accesslog::Writer>>,
@@ -82,6 +85,7 @@ impl Worker {
             limiters: RefCell::new(ahash::AHashMap::new()),
             cache: RefCell::new(None),
             fetching: RefCell::new(ahash::AHashMap::new()),
+            jwt: RefCell::new(JwtCache::new(jwt::DEFAULT_CACHE_ENTRIES)),
             log: RefCell::new(log),
         }
     }
