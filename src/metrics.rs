@@ -3,6 +3,11 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::config::{HostMatch, Route};
+use crate::routing::Snapshot;
 
 /// One worker's counters.
 #[derive(Debug, Default)]
@@ -18,9 +23,48 @@ pub struct Metrics {
     pub upstream_retries: Cell<u64>,
     /// Failed exchanges by `Error::label`.
     pub errors: RefCell<BTreeMap<&'static str, u64>>,
+    /// Upstream failures by upstream name, then `Error::label`.
+    upstream_errors: RefCell<BTreeMap<String, BTreeMap<&'static str, u64>>>,
+    /// Responses by route and status class.
+    routes: RefCell<RouteCounts>,
+    /// Bytes received from and sent to clients (heads and bodies).
+    pub bytes_in: Cell<u64>,
+    pub bytes_out: Cell<u64>,
     /// Request durations: a count per bucket of [`BUCKETS`] (the last is +Inf), and the sum.
     durations: [Cell<u64>; BUCKETS.len() + 1],
     duration_sum_us: Cell<u64>,
+}
+
+/// Responses by route and status class, counted by route index against the snapshot the
+/// counts belong to (no lookup per request). When a request from a newer snapshot arrives
+/// (a reload), the counts so far are folded under their route labels and counting starts
+/// over for the new routes; a request that began on an older snapshot is counted by label.
+#[derive(Debug, Default)]
+struct RouteCounts {
+    #[allow(clippy::redundant_allocation)]
+    snapshot: Option<Rc<Arc<Snapshot>>>,
+    counts: Vec<[u64; 6]>,
+    folded: BTreeMap<String, [u64; 6]>,
+    /// Requests no route matched.
+    unrouted: [u64; 6],
+}
+
+/// A route's label in `/metrics`: its host (`*` for any) and path prefix, e.g.
+/// `api.example.com/v1/`.
+pub fn route_label(route: &Route) -> String {
+    let host = match &route.host {
+        HostMatch::Any => "*".to_owned(),
+        HostMatch::Exact(h) => h.clone(),
+        HostMatch::Suffix(s) => format!("*{s}"),
+    };
+    format!("{host}{}", route.path_prefix)
+}
+
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn label_value(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Upper bounds of the request-duration histogram, in seconds (Prometheus' usual spread,
@@ -28,6 +72,43 @@ pub struct Metrics {
 pub const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+
+impl RouteCounts {
+    /// Folds the counts of the snapshot counted so far, then counts against `snapshot`.
+    #[allow(clippy::redundant_allocation)]
+    fn rebase(&mut self, snapshot: &Rc<Arc<Snapshot>>) {
+        self.fold();
+        self.counts = vec![[0; 6]; snapshot.config.routes.len()];
+        self.snapshot = Some(Rc::clone(snapshot));
+    }
+
+    fn fold(&mut self) {
+        let Some(old) = self.snapshot.take() else {
+            return;
+        };
+        for (route, counts) in old.config.routes.iter().zip(self.counts.drain(..)) {
+            let folded = self.folded.entry(route_label(route)).or_default();
+            for (f, c) in folded.iter_mut().zip(counts) {
+                *f += c;
+            }
+        }
+    }
+
+    /// Every label's counts: folded ones plus the current snapshot's.
+    fn totals(&self) -> BTreeMap<String, [u64; 6]> {
+        let mut totals = self.folded.clone();
+        if let Some(snapshot) = &self.snapshot {
+            for (route, counts) in snapshot.config.routes.iter().zip(&self.counts) {
+                let total = totals.entry(route_label(route)).or_default();
+                for (t, c) in total.iter_mut().zip(counts) {
+                    *t += c;
+                }
+            }
+        }
+        totals.insert("-".to_owned(), self.unrouted);
+        totals
+    }
+}
 
 impl Metrics {
     pub fn add(counter: &Cell<u64>) {
@@ -58,6 +139,56 @@ impl Metrics {
         *self.errors.borrow_mut().entry(label).or_default() += 1;
     }
 
+    /// An exchange with `upstream` failed; counted under `errors` too.
+    pub fn upstream_error(&self, upstream: &str, label: &'static str) {
+        self.error(label);
+        let mut by_upstream = self.upstream_errors.borrow_mut();
+        // Allocates the name only the first time this upstream fails.
+        let labels = match by_upstream.get_mut(upstream) {
+            Some(labels) => labels,
+            None => by_upstream.entry(upstream.to_owned()).or_default(),
+        };
+        *labels.entry(label).or_default() += 1;
+    }
+
+    /// One request was answered with `status` (0: not answered) on `route` of `snapshot`.
+    #[allow(clippy::redundant_allocation)]
+    pub fn route_response(&self, snapshot: &Rc<Arc<Snapshot>>, route: Option<usize>, status: u16) {
+        let class = usize::from(status / 100);
+        if class == 0 || class > 5 {
+            return;
+        }
+        let mut rc = self.routes.borrow_mut();
+        let Some(index) = route else {
+            rc.unrouted[class] += 1;
+            return;
+        };
+        let current = rc
+            .snapshot
+            .as_ref()
+            .map(|s| (Arc::ptr_eq(s, snapshot), s.generation));
+        match current {
+            Some((true, _)) => {}
+            Some((false, generation)) if snapshot.generation < generation => {
+                // Began before a reload the counts have already moved past.
+                if let Some(route) = snapshot.config.routes.get(index) {
+                    rc.folded.entry(route_label(route)).or_default()[class] += 1;
+                }
+                return;
+            }
+            _ => rc.rebase(snapshot),
+        }
+        if let Some(counts) = rc.counts.get_mut(index) {
+            counts[class] += 1;
+        }
+    }
+
+    /// Adds bytes a client connection received and sent since the last call.
+    pub fn bytes(&self, received: u64, sent: u64) {
+        self.bytes_in.set(self.bytes_in.get() + received);
+        self.bytes_out.set(self.bytes_out.get() + sent);
+    }
+
     /// This worker's counters as `name{labels} value` lines, for the control thread to sum
     /// over workers (see `control::admin`).
     pub fn export(&self, open_connections: usize) -> String {
@@ -86,6 +217,28 @@ impl Metrics {
         for (reason, n) in self.errors.borrow().iter() {
             line(&format!("ringgate_errors_total{{reason=\"{reason}\"}}"), *n);
         }
+        for (upstream, reasons) in self.upstream_errors.borrow().iter() {
+            let upstream = label_value(upstream);
+            for (reason, n) in reasons {
+                line(
+                    &format!("ringgate_upstream_errors_total{{upstream=\"{upstream}\",reason=\"{reason}\"}}"),
+                    *n,
+                );
+            }
+        }
+        for (route, counts) in self.routes.borrow().totals() {
+            let route = label_value(&route);
+            for (class, n) in counts.iter().enumerate().skip(1) {
+                if *n > 0 {
+                    line(
+                        &format!("ringgate_route_responses_total{{route=\"{route}\",class=\"{class}xx\"}}"),
+                        *n,
+                    );
+                }
+            }
+        }
+        line("ringgate_received_bytes_total", self.bytes_in.get());
+        line("ringgate_sent_bytes_total", self.bytes_out.get());
         // Cumulative, as Prometheus histograms are.
         let mut below = 0;
         for (i, cell) in self.durations.iter().enumerate() {

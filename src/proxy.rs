@@ -11,6 +11,8 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
@@ -21,13 +23,14 @@ use crate::cache::{Hit, Key, Lookup};
 use crate::config::{
     Action, Builtin, CacheSettings, LimitKey, Route, Upstream as UpstreamConfig, UpstreamKind,
 };
-use crate::error::Error;
+use crate::error::{Error, Side};
 use crate::http::encode::{self, BodyOut, Forward, Generated, Omit, Reply};
 use crate::http::{
     BodyDecoder, Framing, HeadScan, Limits, Method, RequestHead, ResponseHead, Status, Version,
 };
 use crate::metrics::Metrics;
 use crate::ratelimit::Decision;
+use crate::routing::Snapshot;
 use crate::upstream::echo;
 use crate::upstream::pool::Upstream;
 use crate::wire::Wire;
@@ -187,6 +190,15 @@ pub struct ClientSide<'a> {
 pub async fn handle(w: &Worker, c: ClientSide<'_>, s: &mut Scratch) -> Next {
     Metrics::add(&w.metrics.requests);
     let snap = w.snapshot();
+    let next = answer(w, &snap, c, s).await;
+    w.metrics
+        .route_response(&snap, s.served.route, s.served.status);
+    next
+}
+
+/// The pipeline for one request, on the snapshot it started with.
+#[allow(clippy::redundant_allocation)]
+async fn answer(w: &Worker, snap: &Rc<Arc<Snapshot>>, c: ClientSide<'_>, s: &mut Scratch) -> Next {
     let server = &snap.config.server;
     let head = c.head;
     let buf = c.wire.data();
@@ -859,7 +871,7 @@ async fn forward(w: &Worker, c: ClientSide<'_>, s: &mut Scratch, ctx: &ForwardCt
         Ok(None) if ctx.keep_alive && !w.drain.is_draining() => Next::KeepAlive,
         Ok(None) => Next::Close,
         Err(Failure::Before(e)) => {
-            w.metrics.error(e.label());
+            w.metrics.upstream_error(&ctx.up.name, e.label());
             tracing::warn!(worker = w.id, status = e.status(), reason = e.label(), upstream = %ctx.up.name, "upstream exchange failed");
             s.out.clear();
             encode::error(&mut s.out, e.status(), false);
@@ -868,6 +880,11 @@ async fn forward(w: &Worker, c: ClientSide<'_>, s: &mut Scratch, ctx: &ForwardCt
             w.metrics.response(e.status());
             s.served.status = e.status();
             s.served.bytes = encode::reason(e.status()).len() as u64 + 5;
+            Next::Close
+        }
+        Err(Failure::After(e)) if e.side() == Side::Upstream => {
+            w.metrics.upstream_error(&ctx.up.name, e.label());
+            tracing::warn!(worker = w.id, reason = e.label(), upstream = %ctx.up.name, "exchange aborted after the response started; closing");
             Next::Close
         }
         Err(Failure::After(e)) => {

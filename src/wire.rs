@@ -14,6 +14,9 @@ pub struct Wire {
     /// Received bytes not yet consumed are `buf[start..]`.
     buf: Vec<u8>,
     start: usize,
+    /// Bytes read and written since [`Wire::take_counts`] (for the byte counters).
+    received: u64,
+    sent: u64,
 }
 
 impl Wire {
@@ -22,7 +25,16 @@ impl Wire {
             stream,
             buf: Vec::with_capacity(capacity),
             start: 0,
+            received: 0,
+            sent: 0,
         }
+    }
+
+    /// Bytes received and sent since the last call.
+    pub fn take_counts(&mut self) -> (u64, u64) {
+        let counts = (self.received, self.sent);
+        (self.received, self.sent) = (0, 0);
+        counts
     }
 
     /// The bytes received and not yet consumed.
@@ -71,22 +83,30 @@ impl Wire {
         let len = buf.len();
         let (res, slice) = self.stream.read(buf.slice_mut(len..)).await;
         self.buf = slice.into_inner();
+        if let Ok(n) = res {
+            self.received += n as u64;
+        }
         res
     }
 
     /// Writes all of `data`, handing the buffer back for reuse.
     pub async fn send(&mut self, data: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         let (res, data) = self.stream.write_all(data).await;
+        self.sent += res.as_ref().map_or(0, |&n| n as u64);
         (res.map(drop), data)
     }
 
     /// Writes shared bytes (a cached body) without copying them.
     pub async fn send_bytes(&mut self, data: bytes::Bytes) -> io::Result<()> {
-        self.stream.write_all(data).await.0.map(drop)
+        let n = self.stream.write_all(data).await.0?;
+        self.sent += n as u64;
+        Ok(())
     }
 
     pub async fn send_static(&mut self, data: &'static [u8]) -> io::Result<()> {
-        self.stream.write_all(data).await.0.map(drop)
+        let n = self.stream.write_all(data).await.0?;
+        self.sent += n as u64;
+        Ok(())
     }
 
     /// Writes `range` of `src`'s unconsumed bytes to this stream without copying them.
@@ -95,6 +115,7 @@ impl Wire {
         let (from, to) = (src.start + range.start, src.start + range.end);
         let (res, slice) = self.stream.write_all(buf.slice(from..to)).await;
         src.buf = slice.into_inner();
+        self.sent += res.as_ref().map_or(0, |&n| n as u64);
         res.map(drop)
     }
 

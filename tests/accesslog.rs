@@ -44,6 +44,11 @@ fn json_lines_and_reopen_on_sigusr1() {
         exchange(&gw, b"GET / HTTP/1.1\r\nHost: elsewhere\r\n\r\n").0,
         404
     );
+    // A head that cannot be parsed is refused, and logged too.
+    assert_eq!(
+        exchange(&gw, b"GET / HTTP/1.1\r\nHost: api\r\nNo colon here\r\n\r\n").0,
+        400
+    );
 
     // logrotate: move the file away, then SIGUSR1; later lines go to a new file.
     let rotated = TempFile::new("log.1", b"");
@@ -62,7 +67,10 @@ fn json_lines_and_reopen_on_sigusr1() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
-    assert_eq!(lines.len(), 11, "{text}");
+    assert_eq!(lines.len(), 12, "{text}");
+    assert!(lines
+        .iter()
+        .any(|l| l["status"] == 400 && l["method"] == "-" && l["target"] == "-"));
     let first = lines
         .iter()
         .find(|l| l["request_id"] == "req-0")
@@ -135,10 +143,14 @@ fn request_ids_are_generated_forwarded_and_logged() {
     assert_eq!(ids_on_b, 1);
 
     let text = std::fs::read_to_string(&log.path).unwrap();
-    let logged: Vec<String> = text
+    // Each worker buffers its own lines, so the file is in order per worker only.
+    let mut logged: Vec<String> = text
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .map(|l| l["request_id"].as_str().unwrap_or_default().to_owned())
         .collect();
+    let mut ids = ids;
+    ids.sort();
+    logged.sort();
     assert_eq!(logged, ids, "{text}");
 }

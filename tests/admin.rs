@@ -143,3 +143,122 @@ upstream = "backend"
         "old config serves"
     );
 }
+
+/// Per-route responses (kept under the same label across a reload that reorders routes),
+/// upstream failures by upstream, client bytes both ways, and reload outcomes.
+#[test]
+fn metrics_by_route_upstream_bytes_and_reload() {
+    let up = Upstream::ok("x");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = |first: &str, second: &str| {
+        format!(
+            "[server]\nlisten = [\"{{listen}}\"]\nworkers = 2\npin = false\n[admin]\nlisten = \"127.0.0.1:0\"\n[upstreams.backend]\ntargets = [\"{}\"]\n[upstreams.dead]\ntargets = [\"{dead}\"]\n{first}{second}",
+            up.addr
+        )
+    };
+    let a = "[[routes]]\nhost = \"api\"\npath_prefix = \"/a/\"\nupstream = \"backend\"\n";
+    let b = "[[routes]]\nhost = \"api\"\npath_prefix = \"/b/\"\nupstream = \"dead\"\n";
+    let mut gw = Gateway::start(&config(a, b));
+    let line = gw.wait_for_line("admin listening on ");
+    let admin: SocketAddr = line.rsplit(' ').next().unwrap().trim().parse().unwrap();
+
+    let (mut sent, mut received) = (0u64, 0u64);
+    let mut call = |path: &str| {
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n");
+        let mut s = gw.connect();
+        s.write_all(raw.as_bytes()).unwrap();
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).unwrap();
+        sent += raw.len() as u64;
+        received += answer.len() as u64;
+        String::from_utf8_lossy(&answer[9..12]).into_owned()
+    };
+    for _ in 0..10 {
+        assert_eq!(call("/a/x"), "200");
+    }
+    for _ in 0..3 {
+        assert_eq!(call("/b/x"), "502");
+    }
+    for _ in 0..2 {
+        assert_eq!(call("/c/x"), "404");
+    }
+    // The same routes in the other order: /a/ keeps its label.
+    std::fs::write(
+        gw.config_path(),
+        config(b, a).replace("{listen}", &gw.addr.to_string()),
+    )
+    .unwrap();
+    assert_eq!(request(admin, "POST", "/reload").0, 200);
+    for _ in 0..5 {
+        assert_eq!(call("/a/x"), "200");
+    }
+    std::fs::write(gw.config_path(), "[server]\nworkers = 0\n").unwrap();
+    assert_eq!(request(admin, "POST", "/reload").0, 422);
+
+    let (_, text) = get(admin, "/metrics");
+    let scrape = prometheus_parse::Scrape::parse(BufReader::new(text.as_bytes()).lines())
+        .expect("Prometheus text format");
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+                _ => f64::NAN,
+            })
+    };
+    let route = "ringgate_route_responses_total";
+    assert_eq!(
+        value(route, &[("route", "api/a/"), ("class", "2xx")]),
+        Some(15.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(route, &[("route", "api/b/"), ("class", "5xx")]),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(route, &[("route", "-"), ("class", "4xx")]),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            "ringgate_upstream_errors_total",
+            &[("upstream", "dead"), ("reason", "upstream_refused")]
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        value("ringgate_received_bytes_total", &[]),
+        Some(sent as f64),
+        "{text}"
+    );
+    assert_eq!(
+        value("ringgate_sent_bytes_total", &[]),
+        Some(received as f64),
+        "{text}"
+    );
+    assert_eq!(
+        value("ringgate_config_reloads_total", &[("result", "ok")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value("ringgate_config_reloads_total", &[("result", "failed")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value("ringgate_config_last_reload_successful", &[]),
+        Some(0.0)
+    );
+    for worker in ["0", "1"] {
+        assert!(value("ringgate_worker_connections_open", &[("worker", worker)]).is_some());
+        assert!(value("ringgate_upstream_idle_connections", &[("worker", worker)]).is_some());
+    }
+}

@@ -211,6 +211,46 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "counter",
         "Responses evicted to stay within cache.memory.",
     ),
+    (
+        "ringgate_upstream_errors_total",
+        "counter",
+        "Failed upstream exchanges (connect, timeout, reset, protocol), by upstream and reason.",
+    ),
+    (
+        "ringgate_route_responses_total",
+        "counter",
+        "Responses by route (host and path prefix; \"-\" when none matched) and status class.",
+    ),
+    (
+        "ringgate_received_bytes_total",
+        "counter",
+        "Bytes received from clients.",
+    ),
+    (
+        "ringgate_sent_bytes_total",
+        "counter",
+        "Bytes sent to clients.",
+    ),
+    (
+        "ringgate_worker_connections_open",
+        "gauge",
+        "Client connections open now, by worker.",
+    ),
+    (
+        "ringgate_upstream_idle_connections",
+        "gauge",
+        "Pooled idle upstream connections, by worker.",
+    ),
+    (
+        "ringgate_rate_limit_keys",
+        "gauge",
+        "Keys tracked by each rate-limit policy (summed over workers).",
+    ),
+    (
+        "ringgate_rate_limit_evictions_total",
+        "counter",
+        "Keys evicted to stay within a policy's max_keys.",
+    ),
 ];
 
 /// p50/p99/p99.9 of the request durations, estimated from the merged histogram as the upper
@@ -267,6 +307,20 @@ fn render(state: &AdminState) -> io::Result<String> {
     out.push_str(&format!(
         "ringgate_config_generation {}\n",
         state.snapshot.generation()
+    ));
+    let (ok, failed, last_ok) = reload::outcomes();
+    out.push_str(
+        "# HELP ringgate_config_reloads_total Reloads tried (SIGHUP, POST /reload), by result.\n",
+    );
+    out.push_str("# TYPE ringgate_config_reloads_total counter\n");
+    out.push_str(&format!(
+        "ringgate_config_reloads_total{{result=\"ok\"}} {ok}\nringgate_config_reloads_total{{result=\"failed\"}} {failed}\n"
+    ));
+    out.push_str("# HELP ringgate_config_last_reload_successful Whether the last reload was applied (1 before any).\n");
+    out.push_str("# TYPE ringgate_config_last_reload_successful gauge\n");
+    out.push_str(&format!(
+        "ringgate_config_last_reload_successful {}\n",
+        u8::from(last_ok)
     ));
     out.push_str("# HELP ringgate_workers Worker threads.\n# TYPE ringgate_workers gauge\n");
     out.push_str(&format!("ringgate_workers {}\n", state.workers));

@@ -63,6 +63,11 @@ impl Pool {
         None
     }
 
+    /// Idle connections held, over all targets.
+    pub fn idle_count(&self) -> usize {
+        self.idle.borrow().values().map(Vec::len).sum()
+    }
+
     /// Keeps `conn` for reuse, idle since `now`, unless `max_idle` connections to its target
     /// are already idle.
     pub fn put(&self, conn: Upstream, max_idle: usize, now: Instant) {

@@ -52,7 +52,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
         match admitted {
             Admit::Head => {}
             Admit::Closed => return,
-            Admit::Reject(e) => return refuse(&w, &mut client, e).await,
+            Admit::Reject(e) => return refuse(&w, &mut client, &addr, e).await,
         }
         let started = w.now();
         let logging = w.log.borrow().is_some();
@@ -69,6 +69,8 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
         // Also the time the next keep-alive read's deadline counts from (`Worker::recent`).
         let took = w.now().saturating_duration_since(started);
         w.metrics.observe(took);
+        let (received, sent) = client.take_counts();
+        w.metrics.bytes(received, sent);
         if logging {
             pending.record(&w, &addr, &scratch, took);
         }
@@ -149,8 +151,9 @@ impl Pending {
     }
 }
 
-/// A head we will not process: its status, a close, a counter and a log line.
-async fn refuse(w: &Worker, client: &mut Wire, e: Error) {
+/// A head we will not process: its status, a close, a counter, a log line and an access log
+/// line (with `-` for what could not be read).
+async fn refuse(w: &Worker, client: &mut Wire, addr: &[u8], e: Error) {
     w.metrics.error(e.label());
     tracing::info!(
         worker = w.id,
@@ -162,6 +165,27 @@ async fn refuse(w: &Worker, client: &mut Wire, e: Error) {
     encode::error(&mut out, e.status(), false);
     let _ = client.send(out).await;
     w.metrics.response(e.status());
+    let (received, sent) = client.take_counts();
+    w.metrics.bytes(received, sent);
+    if let Some(log) = w.log.borrow_mut().as_mut() {
+        log.record(&Entry {
+            client: addr,
+            method: b"-",
+            target: b"-",
+            http10: false,
+            status: e.status(),
+            bytes: encode::reason(e.status()).len() as u64 + 5,
+            duration: Duration::ZERO,
+            upstream: None,
+            upstream_time: None,
+            route: None,
+            worker: w.id,
+            cache: "-",
+            request_id: b"",
+            referer: b"",
+            user_agent: b"",
+        });
+    }
 }
 
 /// Copies bytes both ways until each side has closed its half (WebSocket after a 101).

@@ -120,6 +120,19 @@ impl Worker {
     /// This worker's counters and cache figures, for the control thread to sum.
     pub fn export_metrics(&self) -> String {
         let mut text = self.metrics.export(self.drain.connections());
+        let id = self.id;
+        text.push_str(&format!(
+            "ringgate_worker_connections_open{{worker=\"{id}\"}} {}\nringgate_upstream_idle_connections{{worker=\"{id}\"}} {}\n",
+            self.drain.connections(),
+            self.pool.idle_count()
+        ));
+        for (name, (_, limiter)) in self.limiters.borrow().iter() {
+            text.push_str(&format!(
+                "ringgate_rate_limit_keys{{policy=\"{name}\"}} {}\nringgate_rate_limit_evictions_total{{policy=\"{name}\"}} {}\n",
+                limiter.keys(),
+                limiter.evictions()
+            ));
+        }
         if let Some((_, cache)) = self.cache.borrow().as_ref() {
             let st = cache.stats();
             for (name, value) in [
