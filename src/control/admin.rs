@@ -256,29 +256,32 @@ const FAMILIES: &[(&str, &str, &str)] = &[
 /// p50/p99/p99.9 of the request durations, estimated from the merged histogram as the upper
 /// bound of the bucket the quantile falls in.
 fn quantiles(out: &mut String, sums: &BTreeMap<String, f64>) {
-    let count = sums
-        .get("ringgate_request_duration_seconds_count")
-        .copied()
-        .unwrap_or(0.0);
-    out.push_str("# HELP ringgate_request_duration_quantile_seconds Request duration quantiles (bucket upper bounds).\n");
+    // Every worker's HdrHistogram bins, added up by bin (their bounds are the same).
+    let mut bins: Vec<(u64, f64)> = sums
+        .iter()
+        .filter_map(|(name, count)| {
+            let micros = name
+                .strip_prefix(crate::metrics::HDR_LINE)?
+                .strip_suffix("\"}")?;
+            Some((micros.parse().ok()?, *count))
+        })
+        .collect();
+    bins.sort_by_key(|(micros, _)| *micros);
+    let total: f64 = bins.iter().map(|(_, n)| n).sum();
+    out.push_str("# HELP ringgate_request_duration_quantile_seconds Request duration quantiles (HdrHistogram, two significant digits, merged over workers).\n");
     out.push_str("# TYPE ringgate_request_duration_quantile_seconds gauge\n");
     for q in [0.5, 0.99, 0.999] {
-        let bound = crate::metrics::BUCKETS.iter().find(|b| {
-            let key = format!("ringgate_request_duration_seconds_bucket{{le=\"{b}\"}}");
-            sums.get(&key).copied().unwrap_or(0.0) >= q * count
-        });
-        let value = match bound {
-            _ if count == 0.0 => 0.0,
-            Some(b) => *b,
-            None => f64::INFINITY,
-        };
-        let value = if value.is_infinite() {
-            "+Inf".to_string()
-        } else {
-            value.to_string()
-        };
+        let mut below = 0.0;
+        let micros = bins
+            .iter()
+            .find(|(_, n)| {
+                below += n;
+                below >= q * total
+            })
+            .map_or(0, |(micros, _)| *micros);
         out.push_str(&format!(
-            "ringgate_request_duration_quantile_seconds{{quantile=\"{q}\"}} {value}\n"
+            "ringgate_request_duration_quantile_seconds{{quantile=\"{q}\"}} {}\n",
+            micros as f64 / 1e6
         ));
     }
 }
