@@ -1,0 +1,126 @@
+//! A keep-alive GET through the proxy allocates nothing in steady state (issue #5): the
+//! gateway runs in this process with a counting global allocator, between a client and an
+//! upstream that themselves allocate nothing while the count runs (fixed buffers, static
+//! messages), so every allocation counted is the worker's. The upstream connection is kept for
+//! the whole run: opening one (after `max_requests`, 10,000 by default) allocates its socket
+//! state and buffers, about nine allocations per connection, not per request.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ringgate::config;
+use ringgate::server::Server;
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello";
+const REQUEST: &[u8] =
+    b"GET /items/7?full=1 HTTP/1.1\r\nHost: api\r\nUser-Agent: t\r\nAccept: */*\r\n\r\n";
+
+/// Reads one message ending in `\r\n\r\n` plus `body` bytes into `buf`; false at EOF.
+fn read_message(s: &mut TcpStream, buf: &mut [u8], body: usize) -> bool {
+    let mut have = 0;
+    loop {
+        if let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
+            if have >= end + 4 + body {
+                return true;
+            }
+        }
+        match s.read(&mut buf[have..]) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => have += n,
+        }
+    }
+}
+
+/// A keep-alive upstream answering every request with `RESPONSE`, from a fixed buffer.
+fn upstream() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                while read_message(&mut s, &mut buf, 0) {
+                    if s.write_all(RESPONSE).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn steady_state_allocations(driver: &str) -> usize {
+    let up = upstream();
+    let toml = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\npin = false\ndriver = \"{driver}\"\n\
+         [upstreams.api]\ntargets = [\"{up}\"]\nmax_requests = 1000000\n[[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\n"
+    );
+    let server = Server::start(config::parse(&toml, "alloc.toml").unwrap()).unwrap();
+    let mut client = TcpStream::connect(server.addrs[0]).unwrap();
+    client.set_nodelay(true).unwrap();
+    let mut buf = [0u8; 8192];
+    // The gateway adds its own fields to the response: learn its length once.
+    client.write_all(REQUEST).unwrap();
+    let n = client.read(&mut buf).unwrap();
+    let len = n;
+    let mut exchange = |client: &mut TcpStream| {
+        client.write_all(REQUEST).unwrap();
+        let mut have = 0;
+        while have < len {
+            match client.read(&mut buf[have..len]) {
+                Ok(0) | Err(_) => panic!("the gateway closed the connection"),
+                Ok(n) => have += n,
+            }
+        }
+        assert_eq!(&buf[9..12], b"200");
+    };
+    // Warm up: buffers, pools, timer wheel and maps reach their working size.
+    for _ in 0..2_000 {
+        exchange(&mut client);
+    }
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..10_000 {
+        exchange(&mut client);
+    }
+    let counted = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    drop(client);
+    assert!(server.shutdown(std::time::Duration::from_secs(5)));
+    counted
+}
+
+#[test]
+fn a_keep_alive_get_through_the_proxy_allocates_nothing() {
+    for driver in ["io_uring", "epoll"] {
+        let counted = steady_state_allocations(driver);
+        assert_eq!(
+            counted, 0,
+            "{driver}: {counted} allocations in 10,000 proxied GETs"
+        );
+    }
+}
