@@ -110,13 +110,17 @@ impl Scratch {
     }
 }
 
-/// Reads until `head` holds a complete request head. The first byte may take up to
-/// `keepalive` (an idle connection); from then on the whole head must arrive within
-/// `header_timeout`, or the client gets 408 (slowloris).
+/// Reads until `head` holds a complete request head. On a connection that has been served
+/// (`fresh` false) the first byte may take up to `keepalive`, and the drain ends the wait;
+/// from then on, and on a fresh connection from the start, the whole head must arrive within
+/// `header_timeout`, or the client gets 408 (slowloris). A fresh connection is served even
+/// when the drain has begun: it was accepted, so its client is sending a request.
+#[allow(clippy::too_many_arguments)]
 pub async fn admit(
     w: &Worker,
     client: &mut Wire,
     head: &mut RequestHead,
+    fresh: bool,
     drained: &mut Started<'_>,
     limits: &Limits,
     header_timeout: Duration,
@@ -147,7 +151,7 @@ pub async fn admit(
         // A timed-out read takes the buffered bytes with it (see `Wire::fill`); it ends the
         // connection either way.
         let idle = client.data().is_empty();
-        let read = if idle && deadline.is_none() {
+        let read = if idle && deadline.is_none() && !fresh {
             if w.drain.is_draining() {
                 // A request the client sent before the drain began may already wait in the
                 // socket: take it (it gets `Connection: close`) rather than drop it.

@@ -87,7 +87,7 @@ impl Server {
                     let started = ready.clone();
                     let ran = worker::run(driver, |running| async move {
                         let ready = started;
-                        let w = Rc::new(Worker::new(id, workers, local));
+                        let w = Rc::new(Worker::new(id, workers, running, local));
                         for (addr, listener) in addrs_started.iter().zip(own) {
                             if let Err(e) = accept::listen(&w, *addr, listener, max_connections) {
                                 let _ = ready.send(Err(e));

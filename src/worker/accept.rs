@@ -10,10 +10,13 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use monoio::net::TcpListener;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use monoio::net::{TcpListener, TcpStream};
+use socket2::SockRef;
 
 use crate::metrics::Metrics;
-use crate::worker::{conn, Worker};
+use crate::worker::{conn, RunningDriver, Worker};
 
 /// Starts accepting on `listener` (bound to `addr`) in this worker.
 pub fn listen(
@@ -22,6 +25,8 @@ pub fn listen(
     listener: std::net::TcpListener,
     max_connections: usize,
 ) -> io::Result<()> {
+    // `next_connection` relies on accept4 returning at once when the backlog is empty.
+    listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
     let shut = Rc::new(Shut::default());
     // Connection ids count up from 1, so accept loops take drain-waiter ids from the top.
@@ -76,6 +81,38 @@ impl Shut {
     }
 }
 
+/// The next connection on `listener`. Under io_uring this does not use an accept operation:
+/// one that the drain (or a reload closing the listener) cancels may already have taken a
+/// connection from the backlog, which would then be closed unanswered, and with socket
+/// activation that backlog belongs to the next process too. Instead it waits for readiness
+/// (a poll operation, which takes nothing) and accepts with a non-blocking `accept4`, so a
+/// cancelled wait loses nothing. Under load the backlog is rarely empty and the wait is
+/// skipped. The epoll driver's accept already works this way.
+async fn next_connection(
+    listener: &TcpListener,
+    driver: RunningDriver,
+) -> io::Result<(TcpStream, SocketAddr)> {
+    if driver == RunningDriver::Epoll {
+        return listener.accept().await;
+    }
+    loop {
+        // SAFETY: the listener owns this descriptor and outlives the borrow.
+        let fd = unsafe { BorrowedFd::borrow_raw(listener.as_raw_fd()) };
+        match SockRef::from(&fd).accept() {
+            Ok((socket, peer)) => {
+                socket.set_nonblocking(true)?;
+                let peer = peer
+                    .as_socket()
+                    .ok_or_else(|| io::Error::other("accepted a non-IP connection"))?;
+                return Ok((TcpStream::from_std(socket.into())?, peer));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => listener.readable(false).await?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 async fn accept_loop(
     w: Rc<Worker>,
     listener: TcpListener,
@@ -88,7 +125,7 @@ async fn accept_loop(
         // rather than dropped when the drain starts at the same moment.
         let accepted = monoio::select! {
             biased;
-            a = listener.accept() => a,
+            a = next_connection(&listener, w.driver) => a,
             _ = w.drain.started(waiter) => return,
             _ = shut.closed() => return,
         };

@@ -38,11 +38,13 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
     let mut scratch = Scratch::new(&limits);
     let addr = peer.ip().to_string().into_bytes();
     let mut pending = Pending::default();
+    let mut fresh = true;
     loop {
         let admitted = proxy::admit(
             &w,
             &mut client,
             &mut head,
+            fresh,
             &mut drained,
             &limits,
             header_timeout,
@@ -54,6 +56,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
             Admit::Closed => return,
             Admit::Reject(e) => return refuse(&w, &mut client, &addr, e).await,
         }
+        fresh = false;
         let started = w.now();
         let logging = w.log.borrow().is_some();
         if logging {

@@ -27,6 +27,8 @@ use drain::Drain;
 
 pub struct Worker {
     pub id: usize,
+    /// The I/O driver this worker's runtime runs on.
+    pub driver: RunningDriver,
     /// How many workers share the listeners (rate limits not tied to a client are split
     /// among them).
     pub workers: usize,
@@ -63,7 +65,12 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(id: usize, workers: usize, mut local: LocalSnapshot) -> Worker {
+    pub fn new(
+        id: usize,
+        workers: usize,
+        driver: RunningDriver,
+        mut local: LocalSnapshot,
+    ) -> Worker {
         let current = Rc::new(Arc::clone(local.load()));
         let log = accesslog::Writer::open(&current.config.log).unwrap_or_else(|e| {
             tracing::error!(worker = id, "access log cannot be opened, logging off: {e}");
@@ -71,6 +78,7 @@ impl Worker {
         });
         Worker {
             id,
+            driver,
             workers,
             local: RefCell::new(local),
             current: RefCell::new(current),
