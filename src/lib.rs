@@ -12,6 +12,7 @@
 //! - [`cache`]: a worker's response-cache shard (RFC 9111, byte-bounded, S3-FIFO);
 //! - [`upstream`]: per-worker pools, target choice, the built-in echo upstream;
 //! - [`proxy`]: the request pipeline; [`wire`]: a socket and its buffer;
+//! - [`tls`]: certificates, SNI and the rustls config; a connection's TLS session;
 //! - [`worker`]: one runtime per core, accept loops, connections, drain;
 //! - [`server`]: binding, starting and stopping workers; [`control`]: sd_notify;
 //! - [`error`], [`metrics`], [`accesslog`]: failure classes, per-worker counters, the
@@ -29,6 +30,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod routing;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 pub mod wire;
 pub mod worker;

@@ -131,9 +131,10 @@ fn run(path: Option<PathBuf>, inherited: Vec<TcpListener>) -> anyhow::Result<()>
     // these signals.
     let signals = block_signals();
     let notifier = Notifier::from_env().context("NOTIFY_SOCKET")?;
+    let tls: Vec<bool> = config.server.listen.iter().map(|l| l.tls).collect();
     let server = Server::start_with(config, inherited).context("start-up failed")?;
-    for addr in &server.addrs {
-        tracing::info!("listening on {addr}");
+    for (addr, tls) in server.addrs.iter().zip(tls) {
+        tracing::info!("listening on {addr}{}", ringgate::server::tls_note(tls));
     }
     let admin_state = Arc::new(AdminState {
         control: server.control(),

@@ -38,6 +38,10 @@ pub struct Metrics {
     /// The same durations in µs, to two significant digits: the quantiles in `/metrics` come
     /// from these, merged over workers when scraped.
     latency: Latency,
+    /// TLS handshakes completed: full, and resumed from a session ticket.
+    tls_handshakes: [Cell<u64>; 2],
+    /// TLS handshakes that failed, by reason (`tls::session::Failure`).
+    tls_failures: RefCell<BTreeMap<&'static str, u64>>,
 }
 
 /// An HdrHistogram of request durations in µs (1 µs to an hour, two significant digits, about
@@ -289,6 +293,31 @@ impl Metrics {
             self.duration_sum_us.get() as f64 / 1e6
         ));
         out
+    }
+
+    pub fn tls_handshake(&self, resumed: bool) {
+        if let Some(counter) = self.tls_handshakes.get(usize::from(resumed)) {
+            Self::add(counter);
+        }
+    }
+
+    pub fn tls_failure(&self, reason: &'static str) {
+        *self.tls_failures.borrow_mut().entry(reason).or_default() += 1;
+    }
+
+    /// The TLS counters as `name{labels} value` lines (see [`Metrics::export`]).
+    pub fn export_tls(&self, out: &mut String) {
+        for (kind, cell) in ["full", "resumed"].iter().zip(&self.tls_handshakes) {
+            out.push_str(&format!(
+                "ringgate_tls_handshakes_total{{kind=\"{kind}\"}} {}\n",
+                cell.get()
+            ));
+        }
+        for (reason, n) in self.tls_failures.borrow().iter() {
+            out.push_str(&format!(
+                "ringgate_tls_handshake_failures_total{{reason=\"{reason}\"}} {n}\n"
+            ));
+        }
     }
 
     /// One line for the log when the worker stops.

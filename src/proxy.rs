@@ -384,7 +384,7 @@ async fn answer(w: &Worker, snap: &Rc<Arc<Snapshot>>, c: ClientSide<'_>, s: &mut
                 path: forward_path,
                 host,
                 client_addr: c.addr,
-                proto: b"http",
+                proto: if c.wire.is_tls() { b"https" } else { b"http" },
                 tunnel: head.wants_upgrade(),
                 extra: &s.upstream_extra,
                 omit: omit_request.as_ref().map(|f| f as &Omit<'_>),

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::{Config, Steer, Workers};
+use crate::config::{Config, Listen, Steer, Workers};
 use crate::routing::SharedSnapshot;
 use crate::worker::{self, accept, RunningDriver, Worker};
 
@@ -56,7 +56,8 @@ impl Server {
         };
         let steer = config.server.steer == Steer::ClientIp;
         let configured = config.server.listen.clone();
-        let (addrs, listeners) = bind(&configured, workers, steer, &inherited)?;
+        let bound: Vec<SocketAddr> = configured.iter().map(|l| l.addr).collect();
+        let (addrs, listeners) = bind(&bound, workers, steer, &inherited)?;
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let pin = config.server.pin;
         let driver = config.server.driver;
@@ -77,7 +78,11 @@ impl Server {
             let local = snapshot.handle();
             let core = cores.get(id % cores.len().max(1)).copied().filter(|_| pin);
             let (ready, done) = (ready_tx.clone(), done_tx.clone());
-            let addrs_started = addrs.clone();
+            let addrs_started: Vec<(SocketAddr, bool)> = addrs
+                .iter()
+                .zip(&configured)
+                .map(|(a, l)| (*a, l.tls))
+                .collect();
             let thread = std::thread::Builder::new()
                 .name(format!("ringgate-w{id}"))
                 .spawn(move || {
@@ -88,8 +93,8 @@ impl Server {
                     let ran = worker::run(driver, |running| async move {
                         let ready = started;
                         let w = Rc::new(Worker::new(id, workers, running, local));
-                        for (addr, listener) in addrs_started.iter().zip(own) {
-                            if let Err(e) = accept::listen(&w, *addr, listener, max_connections) {
+                        for ((addr, tls), listener) in addrs_started.iter().zip(own) {
+                            if let Err(e) = accept::listen(&w, *addr, listener, max_connections, *tls) {
                                 let _ = ready.send(Err(e));
                                 return;
                             }
@@ -204,12 +209,14 @@ async fn control_loop(ctl: UnixStream, w: &Rc<Worker>, inbox: &Mutex<Vec<Listene
                 let max_connections = w.snapshot().config.server.max_connections;
                 for change in changes.unwrap_or_default() {
                     match change {
-                        ListenerChange::Open(addr, listener) => {
-                            if let Err(e) = accept::listen(w, addr, listener, max_connections) {
+                        ListenerChange::Open(addr, listener, tls) => {
+                            if let Err(e) = accept::listen(w, addr, listener, max_connections, tls)
+                            {
                                 tracing::error!(worker = w.id, %addr, "cannot listen: {e}");
                             }
                         }
                         ListenerChange::Close(addr) => accept::unlisten(w, addr),
+                        ListenerChange::Tls(addr, tls) => accept::set_tls(w, addr, tls),
                     }
                 }
                 b"k".to_vec()
@@ -222,10 +229,12 @@ async fn control_loop(ctl: UnixStream, w: &Rc<Worker>, inbox: &Mutex<Vec<Listene
     }
 }
 
-/// A listener a reload adds to a worker (the worker's own SO_REUSEPORT socket) or takes away.
+/// A listener a reload adds to a worker (the worker's own SO_REUSEPORT socket, and whether it
+/// speaks TLS), takes away, or switches between plain and TLS.
 enum ListenerChange {
-    Open(SocketAddr, std::net::TcpListener),
+    Open(SocketAddr, std::net::TcpListener, bool),
     Close(SocketAddr),
+    Tls(SocketAddr, bool),
 }
 
 struct WorkerLink {
@@ -236,9 +245,9 @@ struct WorkerLink {
 
 struct ControlState {
     workers: Vec<WorkerLink>,
-    /// The addresses in `server.listen` now served, each with the address it resolved to (the
+    /// The items of `server.listen` now served, each with the address it resolved to (the
     /// port the kernel chose for port 0).
-    listening: Vec<(SocketAddr, SocketAddr)>,
+    listening: Vec<(Listen, SocketAddr)>,
     steer: bool,
 }
 
@@ -276,46 +285,62 @@ impl Control {
     /// Makes the workers listen on exactly `wanted` (a reloaded `server.listen`): addresses
     /// that are new get one SO_REUSEPORT socket per worker, bound before this returns (so a
     /// config whose address cannot be bound is refused whole); addresses no longer wanted
-    /// stop accepting, while their open connections carry on. Returns when every worker has
-    /// applied the change.
-    pub fn relisten(&self, wanted: &[SocketAddr]) -> Result<(), ServerError> {
+    /// stop accepting, while their open connections carry on; an address kept with `tls`
+    /// switched serves its next connections the new way, on the same sockets. Returns when
+    /// every worker has applied the change.
+    pub fn relisten(&self, wanted: &[Listen]) -> Result<(), ServerError> {
         let mut state = self
             .lock()
             .map_err(|source| ServerError::Worker { worker: 0, source })?;
         // Each wanted address keeps the listener that serves it: the one bound to exactly that
         // address, or for port 0 one configured as that same port-0 address.
         let mut kept = vec![false; state.listening.len()];
-        let mut added = Vec::new();
-        for &want in wanted {
+        let mut added: Vec<Listen> = Vec::new();
+        let mut switched: Vec<(usize, bool)> = Vec::new();
+        for want in wanted {
             let serving =
                 state
                     .listening
                     .iter()
                     .enumerate()
                     .position(|(i, (configured, actual))| {
-                        let same = if want.port() == 0 {
-                            *configured == want
+                        let same = if want.addr.port() == 0 {
+                            configured.addr == want.addr
                         } else {
-                            *actual == want
+                            *actual == want.addr
                         };
                         same && !kept[i]
                     });
             match serving {
-                Some(i) => kept[i] = true,
-                None => added.push(want),
+                Some(i) => {
+                    kept[i] = true;
+                    if state
+                        .listening
+                        .get(i)
+                        .is_some_and(|(l, _)| l.tls != want.tls)
+                    {
+                        switched.push((i, want.tls));
+                    }
+                }
+                None => added.push(*want),
             }
         }
-        let removed: Vec<(SocketAddr, SocketAddr)> = state
+        let removed: Vec<SocketAddr> = state
             .listening
             .iter()
             .zip(&kept)
             .filter(|(_, kept)| !**kept)
-            .map(|(l, _)| *l)
+            .map(|((_, actual), _)| *actual)
             .collect();
-        if added.is_empty() && removed.is_empty() {
+        if added.is_empty() && removed.is_empty() && switched.is_empty() {
             return Ok(());
         }
-        let (actual, per_worker) = bind(&added, state.workers.len(), state.steer, &[])?;
+        let to_bind: Vec<SocketAddr> = added.iter().map(|l| l.addr).collect();
+        let (actual, per_worker) = bind(&to_bind, state.workers.len(), state.steer, &[])?;
+        let switches: Vec<(SocketAddr, bool)> = switched
+            .iter()
+            .filter_map(|&(i, tls)| Some((state.listening.get(i)?.1, tls)))
+            .collect();
         for (link, sockets) in state.workers.iter().zip(per_worker) {
             let Ok(mut inbox) = link.inbox.lock() else {
                 continue;
@@ -323,22 +348,31 @@ impl Control {
             inbox.extend(
                 actual
                     .iter()
+                    .zip(&added)
                     .zip(sockets)
-                    .map(|(a, l)| ListenerChange::Open(*a, l)),
+                    .map(|((a, l), socket)| ListenerChange::Open(*a, socket, l.tls)),
             );
-            inbox.extend(removed.iter().map(|(_, a)| ListenerChange::Close(*a)));
+            inbox.extend(removed.iter().map(|a| ListenerChange::Close(*a)));
+            inbox.extend(switches.iter().map(|&(a, tls)| ListenerChange::Tls(a, tls)));
         }
         for (i, link) in state.workers.iter().enumerate() {
             apply_listeners(&link.ctl)
                 .map_err(|source| ServerError::Worker { worker: i, source })?;
         }
+        for &(i, tls) in &switched {
+            if let Some((configured, addr)) = state.listening.get_mut(i) {
+                configured.tls = tls;
+                let now = if tls { "TLS" } else { "plain HTTP" };
+                tracing::info!("{addr} now serves {now}");
+            }
+        }
         let mut still = kept.into_iter();
         state.listening.retain(|_| still.next().unwrap_or(false));
         for (configured, addr) in added.into_iter().zip(actual) {
-            tracing::info!("listening on {addr}");
+            tracing::info!("listening on {addr}{}", tls_note(configured.tls));
             state.listening.push((configured, addr));
         }
-        for (_, addr) in removed {
+        for addr in removed {
             tracing::info!("stopped listening on {addr}");
         }
         Ok(())
@@ -350,6 +384,15 @@ impl Control {
                 let _ = (&link.ctl).write_all(b"s");
             }
         }
+    }
+}
+
+/// What the "listening on" log line adds for a TLS listener.
+pub fn tls_note(tls: bool) -> &'static str {
+    if tls {
+        " (tls)"
+    } else {
+        ""
     }
 }
 

@@ -1,6 +1,10 @@
 //! A TCP stream with its receive buffer: the few operations the proxy performs on either side
 //! of a connection (fill, look, consume, send, relay a range to another stream). Buffers are
 //! owned and handed to the kernel by value, as io_uring requires; nothing here parses.
+//!
+//! A client connection accepted on a TLS listener carries its [`Session`]: `fill` then puts
+//! decrypted bytes in the receive buffer and the sends encrypt, so the pipeline sees plaintext
+//! either way. The plain path pays one test of an `Option` per call.
 
 use std::io;
 use std::ops::Range;
@@ -9,14 +13,19 @@ use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
+use crate::tls::session::Session;
+
 pub struct Wire {
     stream: TcpStream,
-    /// Received bytes not yet consumed are `buf[start..]`.
+    /// Received bytes not yet consumed are `buf[start..]` (plaintext on a TLS connection).
     buf: Vec<u8>,
     start: usize,
-    /// Bytes read and written since [`Wire::take_counts`] (for the byte counters).
+    /// Bytes read and written since [`Wire::take_counts`] (for the byte counters); on a TLS
+    /// connection, the HTTP bytes (plaintext), as for a plain one.
     received: u64,
     sent: u64,
+    /// Boxed: the rustls state is large, and plain connections should not carry its size.
+    tls: Option<Box<Session>>,
 }
 
 impl Wire {
@@ -27,6 +36,42 @@ impl Wire {
             start: 0,
             received: 0,
             sent: 0,
+            tls: None,
+        }
+    }
+
+    /// A client connection on a TLS listener: shakes hands, then reads and writes plaintext
+    /// through `session`.
+    pub fn with_tls(stream: TcpStream, capacity: usize, session: Session) -> Wire {
+        Wire {
+            tls: Some(Box::new(session)),
+            ..Wire::new(stream, capacity)
+        }
+    }
+
+    /// Whether the bytes travel encrypted (the client's X-Forwarded-Proto is then `https`).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Runs the TLS handshake (a plain wire has none); on failure, the reason's label.
+    pub async fn handshake(&mut self) -> Result<(), crate::tls::session::Failure> {
+        match &mut self.tls {
+            Some(tls) => tls.handshake(&mut self.stream).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the TLS handshake resumed an earlier session.
+    pub fn resumed(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.resumed())
+    }
+
+    /// Says goodbye on a TLS connection (close_notify), waiting at most `patience` for the
+    /// client to take it; a plain connection just closes when dropped.
+    pub async fn close(&mut self, patience: std::time::Duration) {
+        if let Some(tls) = &mut self.tls {
+            let _ = monoio::time::timeout(patience, tls.close(&mut self.stream)).await;
         }
     }
 
@@ -79,10 +124,16 @@ impl Wire {
         if self.buf.len() == self.buf.capacity() {
             self.buf.reserve(4096);
         }
-        let buf = std::mem::take(&mut self.buf);
-        let len = buf.len();
-        let (res, slice) = self.stream.read(buf.slice_mut(len..)).await;
-        self.buf = slice.into_inner();
+        let res = match &mut self.tls {
+            Some(tls) => tls.read(&mut self.stream, &mut self.buf).await,
+            None => {
+                let buf = std::mem::take(&mut self.buf);
+                let len = buf.len();
+                let (res, slice) = self.stream.read(buf.slice_mut(len..)).await;
+                self.buf = slice.into_inner();
+                res
+            }
+        };
         if let Ok(n) = res {
             self.received += n as u64;
         }
@@ -91,6 +142,11 @@ impl Wire {
 
     /// Writes all of `data`, handing the buffer back for reuse.
     pub async fn send(&mut self, data: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        if let Some(tls) = &mut self.tls {
+            let res = tls.write(&mut self.stream, &data).await;
+            self.sent += if res.is_ok() { data.len() as u64 } else { 0 };
+            return (res, data);
+        }
         let (res, data) = self.stream.write_all(data).await;
         self.sent += res.as_ref().map_or(0, |&n| n as u64);
         (res.map(drop), data)
@@ -98,30 +154,48 @@ impl Wire {
 
     /// Writes shared bytes (a cached body) without copying them.
     pub async fn send_bytes(&mut self, data: bytes::Bytes) -> io::Result<()> {
+        if let Some(tls) = &mut self.tls {
+            tls.write(&mut self.stream, &data).await?;
+            self.sent += data.len() as u64;
+            return Ok(());
+        }
         let n = self.stream.write_all(data).await.0?;
         self.sent += n as u64;
         Ok(())
     }
 
     pub async fn send_static(&mut self, data: &'static [u8]) -> io::Result<()> {
+        if let Some(tls) = &mut self.tls {
+            tls.write(&mut self.stream, data).await?;
+            self.sent += data.len() as u64;
+            return Ok(());
+        }
         let n = self.stream.write_all(data).await.0?;
         self.sent += n as u64;
         Ok(())
     }
 
-    /// Writes `range` of `src`'s unconsumed bytes to this stream without copying them.
+    /// Writes `range` of `src`'s unconsumed bytes to this stream without copying them (on a
+    /// TLS stream, encrypting straight from `src`'s buffer).
     pub async fn send_from(&mut self, src: &mut Wire, range: Range<usize>) -> io::Result<()> {
-        let buf = std::mem::take(&mut src.buf);
         let (from, to) = (src.start + range.start, src.start + range.end);
+        if let Some(tls) = &mut self.tls {
+            let data = src.buf.get(from..to).unwrap_or_default();
+            tls.write(&mut self.stream, data).await?;
+            self.sent += data.len() as u64;
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut src.buf);
         let (res, slice) = self.stream.write_all(buf.slice(from..to)).await;
         src.buf = slice.into_inner();
         self.sent += res.as_ref().map_or(0, |&n| n as u64);
         res.map(drop)
     }
 
-    /// The stream and the bytes received but not consumed, for a tunnel.
-    pub fn into_parts(mut self) -> (TcpStream, Vec<u8>) {
+    /// The stream, the bytes received but not consumed, and the TLS session if there is one,
+    /// for a tunnel.
+    pub fn into_parts(mut self) -> (TcpStream, Vec<u8>, Option<Box<Session>>) {
         self.compact();
-        (self.stream, self.buf)
+        (self.stream, self.buf, self.tls)
     }
 }

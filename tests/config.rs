@@ -7,7 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use ringgate::config::{
-    self, Action, Balance, Builtin, Config, ConfigError, Driver, HostMatch, UpstreamKind, Workers,
+    self, Action, Balance, Builtin, Config, ConfigError, Driver, HostMatch, Listen, UpstreamKind,
+    Workers,
 };
 use ringgate::http::Limits;
 
@@ -50,6 +51,14 @@ fn assert_rejects(text: &str, line: usize, column: usize, key: &str, message_par
     );
 }
 
+/// A plain-HTTP `server.listen` item.
+fn plain(s: &str) -> Listen {
+    Listen {
+        addr: addr(s),
+        tls: false,
+    }
+}
+
 fn addr(s: &str) -> SocketAddr {
     match s.parse() {
         Ok(a) => a,
@@ -90,7 +99,7 @@ fn embedded_default() {
         Err(e) => panic!("{e}"),
     };
     let server = &config.server;
-    assert_eq!(server.listen, [addr("127.0.0.1:8080")]);
+    assert_eq!(server.listen, [plain("127.0.0.1:8080")]);
     assert_eq!(server.workers, Workers::Auto);
     assert!(server.pin);
     assert_eq!(server.driver, Driver::Auto);
@@ -221,7 +230,10 @@ respond = { status = 403, body = "no\n", headers = { "x-b" = "2", "content-type"
 "#,
     );
     let server = &config.server;
-    assert_eq!(server.listen, [addr("127.0.0.1:8080"), addr("[::1]:8081")]);
+    assert_eq!(
+        server.listen,
+        [plain("127.0.0.1:8080"), plain("[::1]:8081")]
+    );
     assert_eq!(
         server.workers,
         Workers::Count(NonZeroUsize::MIN.saturating_add(2))

@@ -66,7 +66,9 @@ pub(crate) struct RateLimitFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ServerFile {
-    pub(crate) listen: Spanned<Vec<Spanned<String>>>,
+    /// Each item is `"IP:port"` or `{ addr = "IP:port", tls = true }`; a `Value` so that both
+    /// shapes get our messages (an untagged enum would lose the spans).
+    pub(crate) listen: Spanned<Vec<Spanned<Value>>>,
     pub(crate) workers: Option<Spanned<Value>>,
     pub(crate) pin: Option<bool>,
     pub(crate) driver: Option<Driver>,
@@ -85,6 +87,19 @@ pub(crate) struct ServerFile {
     /// Address blocks refused before anything else.
     #[serde(default)]
     pub(crate) ip_deny: Vec<Spanned<String>>,
+    /// `[[server.tls]]`: certificates for the TLS listeners.
+    #[serde(default)]
+    pub(crate) tls: Vec<Spanned<TlsFile>>,
+}
+
+/// One `[[server.tls]]` entry: a PEM certificate chain, its PEM key, and the SNI names it is
+/// served for (none: the default certificate).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsFile {
+    pub(crate) cert: Spanned<String>,
+    pub(crate) key: Spanned<String>,
+    pub(crate) server_names: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,7 +5,8 @@
 //! between sections, duplicate routes). Every rejection names the origin, line, column and key
 //! path, so an operator can fix a reload without guessing. This module never touches sockets;
 //! besides the config file it reads only the key files that routes' `auth` names (API keys, JWT
-//! secrets, public keys, JWKS), at load, so that a reload re-reads them. Relative key-file paths
+//! secrets, public keys, JWKS) and the TLS certificates and keys of `[[server.tls]]`, at load,
+//! so that a reload re-reads them. Relative key-file paths
 //! are resolved against the config file's directory ([`load`]) or, for text without a file
 //! ([`parse`]), against the working directory.
 //!
@@ -119,7 +120,10 @@ impl Cidr {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Server {
     /// One SO_REUSEPORT socket per worker per address; never empty.
-    pub listen: Vec<SocketAddr>,
+    pub listen: Vec<Listen>,
+    /// `[[server.tls]]`: the certificates TLS listeners serve, loaded; in file order. Not
+    /// empty when a listener has `tls = true`.
+    pub tls: Vec<crate::tls::Certificate>,
     pub workers: Workers,
     /// Pin each worker thread to its own core.
     pub pin: bool,
@@ -139,6 +143,14 @@ pub struct Server {
     pub steer: Steer,
     /// `ip_allow` / `ip_deny`: checked for every connection before anything else.
     pub ip: IpFilter,
+}
+
+/// One `server.listen` item: `"IP:port"` (plain HTTP) or `{ addr = "IP:port", tls = true }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    /// Clients must speak TLS here (the certificates come from `[[server.tls]]`).
+    pub tls: bool,
 }
 
 /// Connection steering across workers. TOML spelling: `"none"`, `"client_ip"`.
@@ -368,8 +380,24 @@ impl Config {
 
     fn write_summary(&self, out: &mut String) -> fmt::Result {
         let server = &self.server;
-        let listen: Vec<String> = server.listen.iter().map(ToString::to_string).collect();
+        let listen: Vec<String> = server
+            .listen
+            .iter()
+            .map(|l| match l.tls {
+                true => format!("{} (tls)", l.addr),
+                false => l.addr.to_string(),
+            })
+            .collect();
         writeln!(out, "listen:    {}", listen.join(", "))?;
+        for (i, cert) in server.tls.iter().enumerate() {
+            let names: Vec<String> = cert.server_names.iter().map(|n| n.to_string()).collect();
+            let names = if names.is_empty() {
+                "(default)".to_string()
+            } else {
+                names.join(", ")
+            };
+            writeln!(out, "tls[{i}]:    {} for {names}", cert.cert.display())?;
+        }
         let workers = match server.workers {
             Workers::Auto => "auto (one per core)".to_string(),
             Workers::Count(n) => n.to_string(),

@@ -13,12 +13,12 @@ use toml::{Spanned, Value};
 
 use super::file::{
     invalid, position, push_key, AdminFile, AuthFile, CacheFile, CorsFile, File, HeadersFile,
-    JwtFile, RateLimitFile, RespondFile, RouteFile, ServerFile, UpstreamFile,
+    JwtFile, RateLimitFile, RespondFile, RouteFile, ServerFile, TlsFile, UpstreamFile,
 };
 use super::{
     AccessLog, Action, Admin, Balance, CacheSettings, Cidr, Config, ConfigError, Driver, HostMatch,
-    LimitKey, LogFormat, LogSettings, RateLimit, Route, RouteCache, Server, Steer, Upstream,
-    UpstreamKind, Workers,
+    LimitKey, Listen, LogFormat, LogSettings, RateLimit, Route, RouteCache, Server, Steer,
+    Upstream, UpstreamKind, Workers,
 };
 use crate::access::apikey::{self, ApiKeyAuth, KeySet};
 use crate::access::cors::{CorsPolicy, CorsSettings};
@@ -27,6 +27,7 @@ use crate::access::ip::{Block, CidrSet, IpFilter};
 use crate::access::jwt::{self, JwtError, JwtPolicy, JwtSettings, KeySource};
 use crate::access::{Auth, RoutePolicy};
 use crate::http::Limits;
+use crate::tls::{Certificate, Identity, ServerName, Which};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -45,7 +46,7 @@ pub(crate) fn validate(
     base: Option<&Path>,
 ) -> Result<Config, ConfigError> {
     let cx = Cx { text, origin };
-    let server = server(&cx, file.server)?;
+    let server = server(&cx, file.server, base)?;
     let admin = file
         .admin
         .map(|admin| self::admin(&cx, admin))
@@ -624,7 +625,7 @@ impl Cx<'_> {
     }
 }
 
-fn server(cx: &Cx, file: Option<ServerFile>) -> Result<Server, ConfigError> {
+fn server(cx: &Cx, file: Option<ServerFile>, base: Option<&Path>) -> Result<Server, ConfigError> {
     let Some(file) = file else {
         return Err(cx.error(
             0,
@@ -635,14 +636,22 @@ fn server(cx: &Cx, file: Option<ServerFile>) -> Result<Server, ConfigError> {
     if file.listen.get_ref().is_empty() {
         return Err(cx.at(&file.listen, "server.listen", "needs at least one address"));
     }
-    let mut listen = Vec::with_capacity(file.listen.get_ref().len());
-    for (i, address) in file.listen.get_ref().iter().enumerate() {
+    let tls = tls_certificates(cx, &file.tls, base)?;
+    let mut listen: Vec<Listen> = Vec::with_capacity(file.listen.get_ref().len());
+    for (i, item) in file.listen.get_ref().iter().enumerate() {
         let key = format!("server.listen[{i}]");
-        let addr = socket_addr(cx, address, &key)?;
-        if listen.contains(&addr) {
-            return Err(cx.at(address, key, format!("{addr} is listed twice")));
+        let l = listen_item(cx, item, &key)?;
+        if listen.iter().any(|other| other.addr == l.addr) {
+            return Err(cx.at(item, key, format!("{} is listed twice", l.addr)));
         }
-        listen.push(addr);
+        if l.tls && tls.is_empty() {
+            return Err(cx.at(
+                item,
+                key,
+                "a TLS listener needs a certificate: add a [[server.tls]] entry with `cert` and `key`",
+            ));
+        }
+        listen.push(l);
     }
 
     let workers = match &file.workers {
@@ -746,12 +755,147 @@ fn server(cx: &Cx, file: Option<ServerFile>) -> Result<Server, ConfigError> {
             max_headers,
             ..defaults
         },
+        tls,
         steer: file.steer.unwrap_or(Steer::None),
         ip: IpFilter {
             allow: cidr_set(cx, &file.ip_allow, "server.ip_allow")?,
             deny: cidr_set(cx, &file.ip_deny, "server.ip_deny")?,
         },
     })
+}
+
+/// `"IP:port"` or `{ addr = "IP:port", tls = true }`. toml gives no spans inside a `Value`,
+/// so errors point at the item and name the key.
+fn listen_item(cx: &Cx, item: &Spanned<Value>, key: &str) -> Result<Listen, ConfigError> {
+    let addr = |text: &str, key: &str| {
+        text.parse::<SocketAddr>().map_err(|_| {
+            cx.at(
+                item,
+                key,
+                format!("`{text}` is not an IP:port address such as \"127.0.0.1:8080\" or \"[::1]:8080\""),
+            )
+        })
+    };
+    match item.get_ref() {
+        Value::String(text) => Ok(Listen {
+            addr: addr(text, key)?,
+            tls: false,
+        }),
+        Value::Table(table) => {
+            if let Some(other) = table
+                .keys()
+                .find(|k| !["addr", "tls"].contains(&k.as_str()))
+            {
+                return Err(cx.at(
+                    item,
+                    format!("{key}.{other}"),
+                    "unknown key (a listener has `addr` and `tls`)",
+                ));
+            }
+            let addr = match table.get("addr") {
+                Some(Value::String(text)) => addr(text, &format!("{key}.addr"))?,
+                Some(_) => {
+                    return Err(cx.at(
+                        item,
+                        format!("{key}.addr"),
+                        "expected an address string such as \"0.0.0.0:443\"",
+                    ))
+                }
+                None => return Err(cx.at(item, key, "needs `addr = \"IP:port\"`")),
+            };
+            let tls = match table.get("tls") {
+                None => false,
+                Some(Value::Boolean(b)) => *b,
+                Some(_) => return Err(cx.at(item, format!("{key}.tls"), "must be true or false")),
+            };
+            Ok(Listen { addr, tls })
+        }
+        other => Err(cx.at(
+            item,
+            key,
+            format!(
+                "expected \"IP:port\" or {{ addr = \"IP:port\", tls = true }}, found a {}",
+                other.type_str()
+            ),
+        )),
+    }
+}
+
+/// `[[server.tls]]`: each entry's files are read and checked now (so a reload re-reads them
+/// and a broken one keeps the running config); one entry at most may leave out `server_names`,
+/// and no name may be claimed twice.
+fn tls_certificates(
+    cx: &Cx,
+    files: &[Spanned<TlsFile>],
+    base: Option<&Path>,
+) -> Result<Vec<Certificate>, ConfigError> {
+    let mut certs: Vec<Certificate> = Vec::with_capacity(files.len());
+    let mut claimed: HashMap<String, usize> = HashMap::new();
+    let mut default: Option<usize> = None;
+    for (i, spanned) in files.iter().enumerate() {
+        let key = format!("server.tls[{i}]");
+        let file = spanned.get_ref();
+        let mut server_names = Vec::new();
+        match &file.server_names {
+            None => {
+                if let Some(other) = default {
+                    return Err(cx.at(
+                        spanned,
+                        key,
+                        format!("only one entry may leave out `server_names` (the default certificate); server.tls[{other}] already does"),
+                    ));
+                }
+                default = Some(i);
+            }
+            Some(list) if list.get_ref().is_empty() => {
+                return Err(cx.at(
+                    list,
+                    format!("{key}.server_names"),
+                    "must not be empty (leave it out for the default certificate)",
+                ))
+            }
+            Some(list) => {
+                for (j, name) in list.get_ref().iter().enumerate() {
+                    let name_key = format!("{key}.server_names[{j}]");
+                    let parsed = match host_match(name.get_ref()) {
+                        Ok(HostMatch::Exact(n)) if !n.starts_with('[') => ServerName::Exact(n),
+                        Ok(HostMatch::Suffix(s)) => {
+                            ServerName::Wildcard(s.trim_start_matches('.').to_string())
+                        }
+                        Ok(_) => {
+                            return Err(cx.at(
+                                name,
+                                name_key,
+                                "must be a DNS name (clients send no IP address in SNI)",
+                            ))
+                        }
+                        Err(message) => return Err(cx.at(name, name_key, message)),
+                    };
+                    if let Some(other) = claimed.insert(parsed.to_string(), i) {
+                        return Err(cx.at(
+                            name,
+                            name_key,
+                            format!("`{parsed}` is already served by server.tls[{other}]"),
+                        ));
+                    }
+                    server_names.push(parsed);
+                }
+            }
+        }
+        let cert = resolve(base, file.cert.get_ref());
+        let key_path = resolve(base, file.key.get_ref());
+        let identity = Identity::load(&cert, &key_path).map_err(|e| match e.which() {
+            Which::Cert => cx.at(&file.cert, format!("{key}.cert"), e.to_string()),
+            Which::Key => cx.at(&file.key, format!("{key}.key"), e.to_string()),
+        })?;
+        certs.push(Certificate {
+            cert,
+            key: key_path,
+            server_names,
+            identity,
+        });
+    }
+    Ok(certs)
 }
 
 fn workers(value: &Value) -> Option<Workers> {

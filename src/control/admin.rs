@@ -251,6 +251,16 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "counter",
         "Keys evicted to stay within a policy's max_keys.",
     ),
+    (
+        "ringgate_tls_handshakes_total",
+        "counter",
+        "TLS handshakes completed, full or resumed from a session ticket.",
+    ),
+    (
+        "ringgate_tls_handshake_failures_total",
+        "counter",
+        "TLS handshakes that failed, by reason.",
+    ),
 ];
 
 /// p50/p99/p99.9 of the request durations, estimated from the merged histogram as the upper

@@ -1,7 +1,7 @@
-//! Reloading the config file: read, validate, open the listeners it adds (closing those it
-//! drops), and publish a new routing snapshot, off the workers' path. SIGHUP and
-//! `POST /reload` both come here; a file that fails, or names an address that cannot be
-//! bound, keeps the running config.
+//! Reloading the config file: read and validate it (re-reading key files and TLS
+//! certificates), open the listeners it adds (closing those it drops), and publish a new
+//! routing snapshot, off the workers' path. SIGHUP and `POST /reload` both come here; a file
+//! that fails, or names an address that cannot be bound, keeps the running config.
 
 use std::error::Error as _;
 use std::path::Path;

@@ -2,14 +2,18 @@
 //! [`Snapshot`] off the hot path and publishes it through the [`SharedSnapshot`]; each worker
 //! reads it through its own [`LocalSnapshot`], which costs one relaxed atomic load per check
 //! while nothing changed. A request loads the snapshot once and keeps it, so a reload never
-//! splits one request between two configurations.
+//! splits one request between two configurations. The snapshot also carries the TLS server
+//! config, built here off the hot path.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::{ArcSwap, Cache};
 
+use rustls::server::ProducesTickets;
+
 use super::RouteTable;
 use crate::config::Config;
+use crate::tls::{self, Acceptor};
 
 /// One published configuration with its compiled route table.
 #[derive(Debug)]
@@ -19,14 +23,33 @@ pub struct Snapshot {
     pub config: Config,
     /// Compiled from `config.routes`; its answers index that slice.
     pub table: RouteTable,
+    /// The rustls config for `config.server.tls` (None without certificates). A connection
+    /// takes it at accept, so a reload's certificates serve new connections while open ones
+    /// keep the config they shook hands with.
+    pub tls: Option<Acceptor>,
 }
 
 impl Snapshot {
     pub fn new(generation: u64, config: Config) -> Snapshot {
+        Snapshot::with_ticketer(generation, config, None)
+    }
+
+    /// As [`Snapshot::new`], issuing session tickets with `ticketer` (an earlier snapshot's,
+    /// so that tickets survive the reload) or, if None, a new one.
+    fn with_ticketer(
+        generation: u64,
+        config: Config,
+        ticketer: Option<Arc<dyn ProducesTickets>>,
+    ) -> Snapshot {
+        let tls = match config.server.tls.is_empty() {
+            true => None,
+            false => Acceptor::new(&config.server.tls, ticketer.or_else(tls::new_ticketer)),
+        };
         Snapshot {
             generation,
             table: RouteTable::new(&config.routes),
             config,
+            tls,
         }
     }
 }
@@ -71,8 +94,15 @@ impl SharedSnapshot {
     /// Builds `config`'s route table and makes it current; returns its generation. Requests in
     /// flight finish on the snapshot they started with.
     pub fn publish(&self, config: Config) -> u64 {
-        // The table is built before taking the lock: it is the slow part.
-        let mut next = Snapshot::new(0, config);
+        // The table and the TLS config are built before taking the lock: they are the slow
+        // part.
+        let ticketer = self
+            .current
+            .load()
+            .tls
+            .as_ref()
+            .and_then(Acceptor::ticketer);
+        let mut next = Snapshot::with_ticketer(0, config, ticketer);
         // The guarded value is `()`: a publisher that panicked left nothing inconsistent.
         let _publishing = self
             .publishing

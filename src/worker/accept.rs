@@ -1,6 +1,7 @@
 //! The accept loop of one listener in one worker: admits connections up to
-//! `server.max_connections`, closes (and counts) the rest, and stops when the drain starts or
-//! a reload removes its address.
+//! `server.max_connections`, closes (and counts) the rest, hands each to the connection task
+//! as plain or TLS (as the listener is configured now), and stops when the drain starts or a
+//! reload removes its address.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -24,11 +25,13 @@ pub fn listen(
     addr: SocketAddr,
     listener: std::net::TcpListener,
     max_connections: usize,
+    tls: bool,
 ) -> io::Result<()> {
     // `next_connection` relies on accept4 returning at once when the backlog is empty.
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
     let shut = Rc::new(Shut::default());
+    shut.tls.set(tls);
     // Connection ids count up from 1, so accept loops take drain-waiter ids from the top.
     let opened = w.listeners_opened.get();
     w.listeners_opened.set(opened + 1);
@@ -54,11 +57,22 @@ pub fn unlisten(w: &Worker, addr: SocketAddr) {
     });
 }
 
-/// Closes one accept loop.
+/// Makes `addr`'s accept loop in this worker hand out plain or TLS connections from now on.
+pub fn set_tls(w: &Worker, addr: SocketAddr, tls: bool) {
+    for (a, shut) in w.listeners.borrow().iter() {
+        if *a == addr {
+            shut.tls.set(tls);
+        }
+    }
+}
+
+/// The switches of one accept loop: close it, and whether its connections speak TLS (a
+/// reload can flip that without rebinding).
 #[derive(Default)]
 pub struct Shut {
     closed: Cell<bool>,
     waker: RefCell<Option<Waker>>,
+    tls: Cell<bool>,
 }
 
 impl Shut {
@@ -138,7 +152,7 @@ async fn accept_loop(
                     drop(stream);
                     continue;
                 }
-                monoio::spawn(conn::serve(Rc::clone(&w), stream, peer));
+                monoio::spawn(conn::serve(Rc::clone(&w), stream, peer, shut.tls.get()));
             }
             Err(e) => {
                 // EMFILE and friends: the listener stays valid, but retrying at once would spin

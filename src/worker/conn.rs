@@ -1,5 +1,6 @@
-//! One client connection: admit a head, hand it to the pipeline, repeat while keep-alive
-//! holds; answer broken heads with their status and close; splice tunnels.
+//! One client connection: shake hands if it came in on a TLS listener, admit a head, hand it
+//! to the pipeline, repeat while keep-alive holds; answer broken heads with their status and
+//! close; splice tunnels.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -13,33 +14,47 @@ use std::time::Duration;
 use crate::accesslog::Entry;
 use crate::http::{encode, RequestHead, Version};
 use crate::proxy::{self, Admit, ClientSide, Next, Scratch};
+use crate::tls::session::{self, Session};
 use crate::wire::Wire;
 use crate::worker::Worker;
 
-/// Serves one accepted connection until it closes.
-pub async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
+/// How long a closing TLS connection waits to hand the client its close_notify: the client
+/// may have stopped reading, and the alert is a courtesy.
+const CLOSE_NOTIFY_WAIT: Duration = Duration::from_millis(100);
+
+/// Serves one accepted connection until it closes; `tls`: the listener speaks TLS.
+pub async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr, tls: bool) {
     let _open = w.drain.open();
     // The first keep-alive deadline counts from here (`Worker::recent`).
     w.now();
     // Registered once for the connection, not once per idle read.
     let mut drained = w.drain.started(w.next_conn_id());
     let _ = stream.set_nodelay(true);
-    let (limits, header_timeout, keepalive) = {
+    let (limits, header_timeout, keepalive, acceptor) = {
         let snap = w.snapshot();
         let server = &snap.config.server;
         (
             server.limits,
             server.header_timeout,
             server.keepalive_timeout,
+            // Taken once: a reload's certificates are for the connections after it.
+            if tls { snap.tls.clone() } else { None },
         )
     };
-    let mut client = Wire::new(stream, 16 * 1024);
+    let mut client = if tls {
+        match handshake(&w, stream, peer, acceptor, header_timeout).await {
+            Some(wire) => wire,
+            None => return,
+        }
+    } else {
+        Wire::new(stream, 16 * 1024)
+    };
     let mut head = RequestHead::new(&limits);
     let mut scratch = Scratch::new(&limits);
     let addr = peer.ip().to_string().into_bytes();
     let mut pending = Pending::default();
     let mut fresh = true;
-    loop {
+    let upgraded = loop {
         let admitted = proxy::admit(
             &w,
             &mut client,
@@ -53,8 +68,11 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
         .await;
         match admitted {
             Admit::Head => {}
-            Admit::Closed => return,
-            Admit::Reject(e) => return refuse(&w, &mut client, &addr, e).await,
+            Admit::Closed => break None,
+            Admit::Reject(e) => {
+                refuse(&w, &mut client, &addr, e).await;
+                break None;
+            }
         }
         fresh = false;
         let started = w.now();
@@ -79,10 +97,53 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
         }
         match next {
             Next::KeepAlive => {}
-            Next::Close => return,
-            Next::Tunnel(upstream) => return tunnel(client, upstream).await,
+            Next::Close => break None,
+            Next::Tunnel(upstream) => break Some(upstream),
         }
+    };
+    match upgraded {
+        Some(upstream) => tunnel(client, upstream).await,
+        None => client.close(CLOSE_NOTIFY_WAIT).await,
     }
+}
+
+/// Runs the TLS handshake within `header_timeout` (the slowloris bound for heads applies to
+/// handshakes too); a failure is counted by reason and logged, and the connection closed.
+async fn handshake(
+    w: &Worker,
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: Option<crate::tls::Acceptor>,
+    header_timeout: Duration,
+) -> Option<Wire> {
+    // Validation refuses TLS listeners without certificates; this is the instant between a
+    // reload switching a listener to TLS and the snapshot with its certificates.
+    let Some(acceptor) = acceptor else {
+        w.metrics.tls_failure("no_certificate");
+        tracing::info!(worker = w.id, %peer, "TLS connection closed: no certificate loaded");
+        return None;
+    };
+    let session = match Session::new(&acceptor) {
+        Ok(s) => s,
+        Err(e) => {
+            w.metrics.tls_failure("other");
+            tracing::info!(worker = w.id, %peer, "TLS session not started: {e}");
+            return None;
+        }
+    };
+    let mut wire = Wire::with_tls(stream, 16 * 1024, session);
+    let reason = match monoio::time::timeout(header_timeout, wire.handshake()).await {
+        Ok(Ok(())) => {
+            w.metrics.tls_handshake(wire.resumed());
+            return Some(wire);
+        }
+        Ok(Err(reason)) => reason,
+        Err(_) => "timeout",
+    };
+    w.metrics.tls_failure(reason);
+    // Scanners and plain-HTTP clients make these all day: not worth more than debug.
+    tracing::debug!(worker = w.id, %peer, reason, "TLS handshake failed");
+    None
 }
 
 /// The parts of a request its access log line needs, copied before the pipeline consumes
@@ -191,10 +252,14 @@ async fn refuse(w: &Worker, client: &mut Wire, addr: &[u8], e: Error) {
     }
 }
 
-/// Copies bytes both ways until each side has closed its half (WebSocket after a 101).
+/// Copies bytes both ways until each side has closed its half (WebSocket after a 101); a TLS
+/// client goes through its session (`tls::session::tunnel`).
 async fn tunnel(client: Wire, upstream: Wire) {
-    let (client, client_pending) = client.into_parts();
-    let (upstream, upstream_pending) = upstream.into_parts();
+    let (client, client_pending, session) = client.into_parts();
+    let (upstream, upstream_pending, _) = upstream.into_parts();
+    if let Some(session) = session {
+        return session::tunnel(session, client, client_pending, upstream, upstream_pending).await;
+    }
     let (mut client_rx, mut client_tx) = client.into_split();
     let (mut upstream_rx, mut upstream_tx) = upstream.into_split();
     let up = async {

@@ -141,6 +141,7 @@ impl Worker {
                 limiter.evictions()
             ));
         }
+        self.metrics.export_tls(&mut text);
         if let Some((_, cache)) = self.cache.borrow().as_ref() {
             let st = cache.stats();
             for (name, value) in [
