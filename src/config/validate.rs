@@ -641,7 +641,8 @@ fn server(cx: &Cx, file: Option<ServerFile>, base: Option<&Path>) -> Result<Serv
     for (i, item) in file.listen.get_ref().iter().enumerate() {
         let key = format!("server.listen[{i}]");
         let l = listen_item(cx, item, &key)?;
-        if listen.iter().any(|other| other.addr == l.addr) {
+        // Port 0 twice is two listeners on ports the kernel picks.
+        if l.addr.port() != 0 && listen.iter().any(|other| other.addr == l.addr) {
             return Err(cx.at(item, key, format!("{} is listed twice", l.addr)));
         }
         if l.tls && tls.is_empty() {

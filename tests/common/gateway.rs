@@ -334,9 +334,9 @@ fn read_request(r: &mut BufReader<TcpStream>) -> Option<Seen> {
     Some(seen)
 }
 
-/// Reads one response from a client socket: (status, head, body). Handles Content-Length,
-/// chunked and close-delimited bodies.
-pub fn read_response(r: &mut BufReader<TcpStream>) -> (u16, String, Vec<u8>) {
+/// Reads one response from a client socket (plain, or a TLS client stream): (status, head,
+/// body). Handles Content-Length, chunked and close-delimited bodies.
+pub fn read_response<R: Read>(r: &mut BufReader<R>) -> (u16, String, Vec<u8>) {
     let mut status_line = String::new();
     let n = r.read_line(&mut status_line).expect("read response head");
     assert!(n > 0, "connection closed before a response");
@@ -344,8 +344,8 @@ pub fn read_response(r: &mut BufReader<TcpStream>) -> (u16, String, Vec<u8>) {
 }
 
 /// The rest of a response whose status line was already read.
-pub fn finish_response(
-    r: &mut BufReader<TcpStream>,
+pub fn finish_response<R: Read>(
+    r: &mut BufReader<R>,
     status_line: String,
 ) -> (u16, String, Vec<u8>) {
     let mut head = status_line;
