@@ -33,6 +33,8 @@ SCENARIO_TITLES = {
     "latency": "latency: fixed request rate (open loop)",
     "rate-limited": "rate-limited: one client over a 1000/s limit (most answers are 429)",
     "cache-hit": "cache-hit: GET of a cacheable response, every request a hit",
+    "tls": "tls: small GET over TLS (ECDSA P-256), keep-alive",
+    "tls-new-conn": "tls-new-conn: TLS, Connection: close on every request (a handshake each)",
 }
 # oha reports requests still in flight when -z runs out as errors with this text; they are the
 # end of the run, not failures of the server.
