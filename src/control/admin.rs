@@ -98,7 +98,8 @@ fn serve(mut stream: TcpStream, state: &AdminState) -> io::Result<()> {
         }
         b"/healthz" => respond(&mut stream, 200, b"text/plain", b"ok\n"),
         b"/config" => {
-            // Nothing secret is configurable yet; redaction comes with API keys and TLS keys.
+            // No key material reaches this JSON: API-key hashes, JWT secrets and TLS private
+            // keys are left out by their Serialize impls (paths and counts only).
             let snapshot = state.snapshot.current();
             let doc = serde_json::json!({
                 "generation": snapshot.generation,
