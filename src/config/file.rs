@@ -17,7 +17,7 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use toml::{Spanned, Value};
 
-use super::{Balance, Builtin, ConfigError, Driver, LogFormat, Steer};
+use super::{Builtin, ConfigError, Driver, LogFormat, Steer};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -108,17 +108,67 @@ pub(crate) struct AdminFile {
     pub(crate) listen: Spanned<String>,
 }
 
+/// Targets are `Value`s: each is `"IP:port"` or `{ addr = "IP:port", weight = N }`, and
+/// validation says which of the two a wrong one should have been.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpstreamFile {
-    pub(crate) targets: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) targets: Option<Spanned<Vec<Spanned<Value>>>>,
     pub(crate) builtin: Option<Spanned<Builtin>>,
-    pub(crate) balance: Option<Balance>,
+    pub(crate) balance: Option<Spanned<String>>,
+    pub(crate) hash_key: Option<Spanned<String>>,
     pub(crate) connect_timeout: Option<Spanned<Value>>,
     pub(crate) read_timeout: Option<Spanned<Value>>,
     pub(crate) idle_timeout: Option<Spanned<Value>>,
     pub(crate) max_idle: Option<Spanned<i64>>,
     pub(crate) max_requests: Option<Spanned<i64>>,
+    pub(crate) timeout: Option<Spanned<Value>>,
+    pub(crate) health: Option<HealthFile>,
+    pub(crate) outlier: Option<OutlierFile>,
+    pub(crate) breaker: Option<BreakerFile>,
+    pub(crate) retries: Option<RetriesFile>,
+}
+
+/// `health = { path, interval, timeout, healthy, unhealthy, expect_status }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HealthFile {
+    pub(crate) path: Option<Spanned<String>>,
+    pub(crate) interval: Option<Spanned<Value>>,
+    pub(crate) timeout: Option<Spanned<Value>>,
+    pub(crate) healthy: Option<Spanned<i64>>,
+    pub(crate) unhealthy: Option<Spanned<i64>>,
+    pub(crate) expect_status: Option<Spanned<Value>>,
+}
+
+/// `outlier = { consecutive_failures, base_ejection, max_ejection, max_ejected_percent }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OutlierFile {
+    pub(crate) consecutive_failures: Option<Spanned<i64>>,
+    pub(crate) base_ejection: Option<Spanned<Value>>,
+    pub(crate) max_ejection: Option<Spanned<Value>>,
+    pub(crate) max_ejected_percent: Option<Spanned<i64>>,
+}
+
+/// `breaker = { max_connections, max_pending, max_requests }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BreakerFile {
+    pub(crate) max_connections: Option<Spanned<i64>>,
+    pub(crate) max_pending: Option<Spanned<i64>>,
+    pub(crate) max_requests: Option<Spanned<i64>>,
+}
+
+/// `retries = { attempts, on, budget, min_retries, per_try_timeout }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RetriesFile {
+    pub(crate) attempts: Option<Spanned<i64>>,
+    pub(crate) on: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) budget: Option<Spanned<String>>,
+    pub(crate) min_retries: Option<Spanned<i64>>,
+    pub(crate) per_try_timeout: Option<Spanned<Value>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -229,6 +229,9 @@ pub struct Upstream {
     pub name: String,
     pub kind: UpstreamKind,
     pub balance: Balance,
+    /// One per target, in `targets` order (`{ addr, weight }`, default 1); only
+    /// [`Balance::Weighted`] reads them. Empty for a builtin upstream.
+    pub weights: Vec<u32>,
     pub connect_timeout: Duration,
     /// Longest wait for the next bytes of an upstream response.
     pub read_timeout: Duration,
@@ -238,6 +241,97 @@ pub struct Upstream {
     pub max_idle: usize,
     /// Requests sent on one upstream connection before it is retired; at least 1.
     pub max_requests: u32,
+    /// `timeout`: the longest a request may take from being forwarded to its response head,
+    /// every attempt and every wait for a connection included; then 504.
+    pub timeout: Option<Duration>,
+    /// `health`: active checks, run once per target by the control plane.
+    pub health: Option<HealthCheck>,
+    /// `outlier`: passive health, per worker, from the outcomes of real requests.
+    pub outlier: Option<OutlierDetection>,
+    /// `breaker`: per-worker limits beyond which requests get 503 at once.
+    pub breaker: Option<Breaker>,
+    /// `retries`: which failed attempts are tried again, and how many.
+    pub retries: Option<Retries>,
+}
+
+/// `health = { path, interval, timeout, healthy, unhealthy, expect_status }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthCheck {
+    /// Requested with GET; starts with '/'.
+    pub path: String,
+    pub interval: Duration,
+    /// For the whole check: connect, request, status line.
+    pub timeout: Duration,
+    /// Consecutive passed checks that bring an unhealthy target back.
+    pub healthy: u32,
+    /// Consecutive failed checks that take a healthy target out.
+    pub unhealthy: u32,
+    pub expect_status: StatusRange,
+}
+
+/// `"200-399"` or `"204"`: an inclusive range of status codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StatusRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl StatusRange {
+    pub fn contains(self, status: u16) -> bool {
+        (self.first..=self.last).contains(&status)
+    }
+}
+
+/// `outlier = { consecutive_failures, base_ejection, max_ejection, max_ejected_percent }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct OutlierDetection {
+    /// Connect failures, resets, timeouts or 5xx in a row that eject a target.
+    pub consecutive_failures: u32,
+    /// The first ejection's length; each repeat ejection doubles it.
+    pub base_ejection: Duration,
+    /// The longest an ejection lasts, however often it repeats.
+    pub max_ejection: Duration,
+    /// At most this share of an upstream's targets is ejected at once (0..=100).
+    pub max_ejected_percent: u32,
+}
+
+/// `breaker = { max_connections, max_pending, max_requests }`, per worker; `None` is
+/// unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Breaker {
+    /// Upstream connections carrying a request at once.
+    pub max_connections: Option<u32>,
+    /// Requests waiting for a connection while `max_connections` are busy.
+    pub max_pending: u32,
+    /// Requests in flight to the upstream (waiting or sent).
+    pub max_requests: Option<u32>,
+}
+
+/// `retries = { attempts, on, budget, min_retries, per_try_timeout }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Retries {
+    /// Tries in all, the first included; at least 1.
+    pub attempts: u32,
+    pub on: RetryOn,
+    /// Retries allowed per 1000 requests over the budget's window (`"20%"` is 200).
+    pub budget_permille: u32,
+    /// Retries always allowed in the window, however few requests there were.
+    pub min_retries: u32,
+    /// One attempt's limit, from connecting to the response head.
+    pub per_try_timeout: Option<Duration>,
+}
+
+/// Which failures of an attempt are retried.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RetryOn {
+    /// `"connect-failure"`: refused or timed-out connects (nothing was sent).
+    pub connect_failure: bool,
+    /// `"reset"`: the connection closed or failed before a response head.
+    pub reset: bool,
+    /// `"timeout"`: no response head within `per_try_timeout` (or `read_timeout`).
+    pub timeout: bool,
+    /// `"502"`, `"503"`, ... or `"5xx"`: the upstream answered with one of these; sorted.
+    pub statuses: Vec<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -256,11 +350,29 @@ pub enum Builtin {
     Echo,
 }
 
-/// How requests are spread over an upstream's targets. TOML spelling: `"round_robin"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// How requests are spread over an upstream's targets. TOML spelling: `"round_robin"`,
+/// `"weighted"`, `"least_conn"`, `"p2c_ewma"`, `"consistent_hash"` (with `hash_key`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum Balance {
     RoundRobin,
+    /// Smooth weighted round robin over the targets' `weight`s.
+    Weighted,
+    /// The target with the fewest requests in flight from this worker.
+    LeastConn,
+    /// The better of two random targets by latency (a moving average) × requests in flight.
+    P2cEwma,
+    /// A Maglev table over the targets, looked up by a hash of the key.
+    ConsistentHash(HashKey),
+}
+
+/// What `consistent_hash` hashes. TOML spelling: `"client_ip"`, `"header:NAME"`, `"path"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum HashKey {
+    ClientIp,
+    /// A request header's value (name lowercase); requests without it share one key.
+    Header(String),
+    /// The path, without the query.
+    Path,
 }
 
 /// `[[routes]]`: which requests a rule applies to and what it does with them.

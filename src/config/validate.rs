@@ -12,13 +12,15 @@ use std::time::Duration;
 use toml::{Spanned, Value};
 
 use super::file::{
-    invalid, position, push_key, AdminFile, AuthFile, CacheFile, CorsFile, File, HeadersFile,
-    JwtFile, RateLimitFile, RespondFile, RouteFile, ServerFile, TlsFile, UpstreamFile,
+    invalid, position, push_key, AdminFile, AuthFile, BreakerFile, CacheFile, CorsFile, File,
+    HeadersFile, HealthFile, JwtFile, OutlierFile, RateLimitFile, RespondFile, RetriesFile,
+    RouteFile, ServerFile, TlsFile, UpstreamFile,
 };
 use super::{
-    AccessLog, Action, Admin, Balance, CacheSettings, Cidr, Config, ConfigError, Driver, HostMatch,
-    LimitKey, Listen, LogFormat, LogSettings, RateLimit, Route, RouteCache, Server, Steer,
-    Upstream, UpstreamKind, Workers,
+    AccessLog, Action, Admin, Balance, Breaker, CacheSettings, Cidr, Config, ConfigError, Driver,
+    HashKey, HealthCheck, HostMatch, LimitKey, Listen, LogFormat, LogSettings, OutlierDetection,
+    RateLimit, Retries, RetryOn, Route, RouteCache, Server, StatusRange, Steer, Upstream,
+    UpstreamKind, Workers,
 };
 use crate::access::apikey::{self, ApiKeyAuth, KeySet};
 use crate::access::cors::{CorsPolicy, CorsSettings};
@@ -921,7 +923,22 @@ fn upstream(cx: &Cx, name: &Spanned<String>, file: &UpstreamFile) -> Result<Upst
     push_key(&mut key, name.get_ref());
     let field = |field: &str| format!("{key}.{field}");
 
-    let kind = match (&file.targets, &file.builtin) {
+    let balance = match &file.balance {
+        None => Balance::RoundRobin,
+        Some(b) => balance(cx, b, file.hash_key.as_ref(), &field("balance"))?,
+    };
+    if let (Some(hash_key), false) = (
+        &file.hash_key,
+        matches!(balance, Balance::ConsistentHash(_)),
+    ) {
+        return Err(cx.at(
+            hash_key,
+            field("hash_key"),
+            "only applies with balance = \"consistent_hash\"",
+        ));
+    }
+
+    let (kind, weights) = match (&file.targets, &file.builtin) {
         (Some(targets), None) => {
             if targets.get_ref().is_empty() {
                 return Err(cx.at(
@@ -930,15 +947,46 @@ fn upstream(cx: &Cx, name: &Spanned<String>, file: &UpstreamFile) -> Result<Upst
                     "needs at least one address (or use `builtin`)",
                 ));
             }
-            let addrs = targets
-                .get_ref()
-                .iter()
-                .enumerate()
-                .map(|(i, target)| socket_addr(cx, target, &format!("{key}.targets[{i}]")))
-                .collect::<Result<Vec<_>, _>>()?;
-            UpstreamKind::Targets(addrs)
+            let mut addrs = Vec::with_capacity(targets.get_ref().len());
+            let mut weights = Vec::with_capacity(targets.get_ref().len());
+            for (i, target) in targets.get_ref().iter().enumerate() {
+                let (addr, weight) = self::target(cx, target, &format!("{key}.targets[{i}]"))?;
+                if weight.is_some_and(|w| w != 1) && balance != Balance::Weighted {
+                    return Err(cx.at(
+                        target,
+                        format!("{key}.targets[{i}].weight"),
+                        "only applies with balance = \"weighted\"",
+                    ));
+                }
+                addrs.push(addr);
+                weights.push(weight.map_or(1, |w| w as u32));
+            }
+            (UpstreamKind::Targets(addrs), weights)
         }
-        (None, Some(builtin)) => UpstreamKind::Builtin(*builtin.get_ref()),
+        (None, Some(builtin)) => {
+            // Nothing of the resilience machinery applies to an answer made in-process.
+            let remote_only = [
+                ("balance", file.balance.as_ref().map(|v| v.span().start)),
+                ("timeout", file.timeout.as_ref().map(|v| v.span().start)),
+                ("health", file.health.as_ref().map(|h| health_span(h, name))),
+                (
+                    "outlier",
+                    file.outlier.as_ref().map(|o| outlier_span(o, name)),
+                ),
+                (
+                    "breaker",
+                    file.breaker.as_ref().map(|b| breaker_span(b, name)),
+                ),
+                (
+                    "retries",
+                    file.retries.as_ref().map(|r| retries_span(r, name)),
+                ),
+            ];
+            if let Some((k, Some(at))) = remote_only.iter().find(|(_, at)| at.is_some()) {
+                return Err(cx.error(*at, field(k), "only applies to upstreams with `targets`"));
+            }
+            (UpstreamKind::Builtin(*builtin.get_ref()), Vec::new())
+        }
         (None, None) => {
             return Err(cx.at(
                 name,
@@ -973,11 +1021,22 @@ fn upstream(cx: &Cx, name: &Spanned<String>, file: &UpstreamFile) -> Result<Upst
                 )
             })?,
     };
+    let timeout = match &file.timeout {
+        None => None,
+        Some(value) => Some(duration(
+            cx,
+            Some(value),
+            &field("timeout"),
+            Duration::ZERO,
+            Zero::Rejected,
+        )?),
+    };
 
     Ok(Upstream {
         name: name.get_ref().clone(),
         kind,
-        balance: file.balance.unwrap_or(Balance::RoundRobin),
+        balance,
+        weights,
         connect_timeout: duration(
             cx,
             file.connect_timeout.as_ref(),
@@ -1001,7 +1060,466 @@ fn upstream(cx: &Cx, name: &Spanned<String>, file: &UpstreamFile) -> Result<Upst
         )?,
         max_idle,
         max_requests,
+        timeout,
+        health: match &file.health {
+            None => None,
+            Some(h) => Some(health(cx, h, &field("health"))?),
+        },
+        outlier: match &file.outlier {
+            None => None,
+            Some(o) => Some(outlier(cx, o, &field("outlier"))?),
+        },
+        breaker: match &file.breaker {
+            None => None,
+            Some(b) => Some(breaker(cx, b, name, &field("breaker"))?),
+        },
+        retries: match &file.retries {
+            None => None,
+            Some(r) => Some(retries(cx, r, &field("retries"))?),
+        },
     })
+}
+
+/// Most weight one target may have: weights add up in 64-bit counters, and a ratio beyond
+/// this is no longer load balancing.
+const MAX_WEIGHT: i64 = 10_000;
+
+/// One element of `targets`: `"IP:port"` or `{ addr = "IP:port", weight = N }`.
+/// toml keeps no span for values inside an inline table read as a `Value`: errors in one
+/// point at the table.
+fn target(
+    cx: &Cx,
+    value: &Spanned<Value>,
+    key: &str,
+) -> Result<(SocketAddr, Option<i64>), ConfigError> {
+    let parse = |text: &str| {
+        text.parse::<SocketAddr>().map_err(|_| {
+            cx.at(
+                value,
+                key,
+                format!(
+                    "`{text}` is not an IP:port address such as \"127.0.0.1:8080\" or \"[::1]:8080\""
+                ),
+            )
+        })
+    };
+    match value.get_ref() {
+        Value::String(text) => Ok((parse(text)?, None)),
+        Value::Table(table) => {
+            if let Some(other) = table
+                .keys()
+                .find(|k| !["addr", "weight"].contains(&k.as_str()))
+            {
+                let mut k = key.to_string();
+                push_key(&mut k, other);
+                return Err(cx.at(value, k, "unknown key (a target has `addr` and `weight`)"));
+            }
+            let addr = match table.get("addr") {
+                Some(Value::String(text)) => parse(text)?,
+                Some(_) => {
+                    return Err(cx.at(value, format!("{key}.addr"), "must be a string \"IP:port\""))
+                }
+                None => return Err(cx.at(value, key, "needs `addr = \"IP:port\"`")),
+            };
+            let weight = match table.get("weight") {
+                None => None,
+                Some(Value::Integer(w)) if (1..=MAX_WEIGHT).contains(w) => Some(*w),
+                Some(_) => {
+                    return Err(cx.at(
+                        value,
+                        format!("{key}.weight"),
+                        format!("must be a whole number between 1 and {MAX_WEIGHT}"),
+                    ))
+                }
+            };
+            Ok((addr, weight))
+        }
+        other => Err(cx.at(
+            value,
+            key,
+            format!(
+                "expected \"IP:port\" or {{ addr = \"IP:port\", weight = N }}, found a {}",
+                other.type_str()
+            ),
+        )),
+    }
+}
+
+/// `balance = "..."`, with `hash_key` for `consistent_hash`.
+fn balance(
+    cx: &Cx,
+    value: &Spanned<String>,
+    hash_key: Option<&Spanned<String>>,
+    key: &str,
+) -> Result<Balance, ConfigError> {
+    Ok(match value.get_ref().as_str() {
+        "round_robin" => Balance::RoundRobin,
+        "weighted" => Balance::Weighted,
+        "least_conn" => Balance::LeastConn,
+        "p2c_ewma" => Balance::P2cEwma,
+        "consistent_hash" => {
+            let hash_key_path = key.replace(".balance", ".hash_key");
+            Balance::ConsistentHash(match hash_key {
+                None => HashKey::ClientIp,
+                Some(k) => match k.get_ref().as_str() {
+                    "client_ip" => HashKey::ClientIp,
+                    "path" => HashKey::Path,
+                    other => match other.strip_prefix("header:") {
+                        Some(name) if is_token(name) => HashKey::Header(name.to_ascii_lowercase()),
+                        _ => {
+                            return Err(cx.at(
+                                k,
+                                hash_key_path,
+                                "must be \"client_ip\", \"header:NAME\" or \"path\"",
+                            ))
+                        }
+                    },
+                },
+            })
+        }
+        other => {
+            return Err(cx.at(
+                value,
+                key,
+                format!("unknown policy `{other}` (round_robin, weighted, least_conn, p2c_ewma or consistent_hash)"),
+            ))
+        }
+    })
+}
+
+/// Where a table without a span of its own is reported: its first key, or else the upstream.
+fn first_span(spans: &[Option<usize>], name: &Spanned<String>) -> usize {
+    spans
+        .iter()
+        .flatten()
+        .min()
+        .copied()
+        .unwrap_or(name.span().start)
+}
+
+fn health_span(h: &HealthFile, name: &Spanned<String>) -> usize {
+    let start = |v: &Option<Spanned<Value>>| v.as_ref().map(|v| v.span().start);
+    let int = |v: &Option<Spanned<i64>>| v.as_ref().map(|v| v.span().start);
+    first_span(
+        &[
+            h.path.as_ref().map(|v| v.span().start),
+            start(&h.interval),
+            start(&h.timeout),
+            int(&h.healthy),
+            int(&h.unhealthy),
+            start(&h.expect_status),
+        ],
+        name,
+    )
+}
+
+fn outlier_span(o: &OutlierFile, name: &Spanned<String>) -> usize {
+    first_span(
+        &[
+            o.consecutive_failures.as_ref().map(|v| v.span().start),
+            o.base_ejection.as_ref().map(|v| v.span().start),
+            o.max_ejection.as_ref().map(|v| v.span().start),
+            o.max_ejected_percent.as_ref().map(|v| v.span().start),
+        ],
+        name,
+    )
+}
+
+fn breaker_span(b: &BreakerFile, name: &Spanned<String>) -> usize {
+    first_span(
+        &[
+            b.max_connections.as_ref().map(|v| v.span().start),
+            b.max_pending.as_ref().map(|v| v.span().start),
+            b.max_requests.as_ref().map(|v| v.span().start),
+        ],
+        name,
+    )
+}
+
+fn retries_span(r: &RetriesFile, name: &Spanned<String>) -> usize {
+    first_span(
+        &[
+            r.attempts.as_ref().map(|v| v.span().start),
+            r.on.as_ref().map(|v| v.span().start),
+            r.budget.as_ref().map(|v| v.span().start),
+            r.min_retries.as_ref().map(|v| v.span().start),
+            r.per_try_timeout.as_ref().map(|v| v.span().start),
+        ],
+        name,
+    )
+}
+
+/// A count between `min` and `max`, or `default` when absent.
+fn count(
+    cx: &Cx,
+    n: Option<&Spanned<i64>>,
+    key: &str,
+    default: u32,
+    (min, max): (u32, u32),
+) -> Result<u32, ConfigError> {
+    let Some(n) = n else {
+        return Ok(default);
+    };
+    u32::try_from(*n.get_ref())
+        .ok()
+        .filter(|v| (min..=max).contains(v))
+        .ok_or_else(|| cx.at(n, key, format!("must be between {min} and {max}")))
+}
+
+fn health(cx: &Cx, file: &HealthFile, key: &str) -> Result<HealthCheck, ConfigError> {
+    let field = |f: &str| format!("{key}.{f}");
+    let path = match &file.path {
+        None => "/healthz".to_string(),
+        Some(p) => {
+            let text = p.get_ref();
+            if !text.starts_with('/') || !text.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(cx.at(
+                    p,
+                    field("path"),
+                    "must start with '/' and be visible ASCII without spaces",
+                ));
+            }
+            text.clone()
+        }
+    };
+    let interval = duration(
+        cx,
+        file.interval.as_ref(),
+        &field("interval"),
+        Duration::from_secs(2),
+        Zero::Rejected,
+    )?;
+    let timeout = duration(
+        cx,
+        file.timeout.as_ref(),
+        &field("timeout"),
+        Duration::from_secs(1),
+        Zero::Rejected,
+    )?;
+    let expect_status = match &file.expect_status {
+        None => StatusRange {
+            first: 200,
+            last: 399,
+        },
+        Some(value) => status_range(value.get_ref()).ok_or_else(|| {
+            cx.at(
+                value,
+                field("expect_status"),
+                "must be a status such as \"200\" or a range such as \"200-399\" (100..599)",
+            )
+        })?,
+    };
+    Ok(HealthCheck {
+        path,
+        interval,
+        timeout,
+        healthy: count(cx, file.healthy.as_ref(), &field("healthy"), 2, (1, 1000))?,
+        unhealthy: count(
+            cx,
+            file.unhealthy.as_ref(),
+            &field("unhealthy"),
+            3,
+            (1, 1000),
+        )?,
+        expect_status,
+    })
+}
+
+/// `"200-399"`, `"204"` or `204`.
+fn status_range(value: &Value) -> Option<StatusRange> {
+    let code = |s: &str| {
+        s.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|c| (100..=599).contains(c))
+    };
+    let (first, last) = match value {
+        Value::Integer(n) => {
+            let c = u16::try_from(*n).ok().filter(|c| (100..=599).contains(c))?;
+            (c, c)
+        }
+        Value::String(s) => match s.split_once('-') {
+            Some((a, b)) => (code(a)?, code(b)?),
+            None => (code(s)?, code(s)?),
+        },
+        _ => return None,
+    };
+    (first <= last).then_some(StatusRange { first, last })
+}
+
+fn outlier(cx: &Cx, file: &OutlierFile, key: &str) -> Result<OutlierDetection, ConfigError> {
+    let field = |f: &str| format!("{key}.{f}");
+    let base_ejection = duration(
+        cx,
+        file.base_ejection.as_ref(),
+        &field("base_ejection"),
+        Duration::from_secs(30),
+        Zero::Rejected,
+    )?;
+    let max_ejection = duration(
+        cx,
+        file.max_ejection.as_ref(),
+        &field("max_ejection"),
+        base_ejection.max(Duration::from_secs(300)),
+        Zero::Rejected,
+    )?;
+    if max_ejection < base_ejection {
+        if let Some(value) = &file.max_ejection {
+            return Err(cx.at(
+                value,
+                field("max_ejection"),
+                "must be at least base_ejection",
+            ));
+        }
+    }
+    Ok(OutlierDetection {
+        consecutive_failures: count(
+            cx,
+            file.consecutive_failures.as_ref(),
+            &field("consecutive_failures"),
+            5,
+            (1, 1000),
+        )?,
+        base_ejection,
+        max_ejection,
+        max_ejected_percent: count(
+            cx,
+            file.max_ejected_percent.as_ref(),
+            &field("max_ejected_percent"),
+            50,
+            (0, 100),
+        )?,
+    })
+}
+
+/// Requests that may wait for a connection when `max_connections` is set and `max_pending`
+/// is not (Envoy's default).
+const DEFAULT_MAX_PENDING: u32 = 1024;
+
+fn breaker(
+    cx: &Cx,
+    file: &BreakerFile,
+    name: &Spanned<String>,
+    key: &str,
+) -> Result<Breaker, ConfigError> {
+    let field = |f: &str| format!("{key}.{f}");
+    let limit = |n: &Option<Spanned<i64>>, f: &str| -> Result<Option<u32>, ConfigError> {
+        n.as_ref()
+            .map(|n| count(cx, Some(n), &field(f), 1, (1, u32::MAX)))
+            .transpose()
+    };
+    let max_connections = limit(&file.max_connections, "max_connections")?;
+    let max_requests = limit(&file.max_requests, "max_requests")?;
+    let max_pending = match (&file.max_pending, max_connections) {
+        (Some(n), None) => {
+            return Err(cx.at(
+                n,
+                field("max_pending"),
+                "only applies with max_connections (requests wait only for a connection)",
+            ))
+        }
+        (Some(n), Some(_)) => count(cx, Some(n), &field("max_pending"), 0, (0, u32::MAX))?,
+        (None, _) => DEFAULT_MAX_PENDING,
+    };
+    if max_connections.is_none() && max_requests.is_none() {
+        return Err(cx.error(
+            breaker_span(file, name),
+            key,
+            "needs max_connections or max_requests",
+        ));
+    }
+    Ok(Breaker {
+        max_connections,
+        max_pending,
+        max_requests,
+    })
+}
+
+fn retries(cx: &Cx, file: &RetriesFile, key: &str) -> Result<Retries, ConfigError> {
+    let field = |f: &str| format!("{key}.{f}");
+    let on = match &file.on {
+        None => RetryOn {
+            connect_failure: true,
+            reset: true,
+            ..RetryOn::default()
+        },
+        Some(list) => {
+            if list.get_ref().is_empty() {
+                return Err(cx.at(list, field("on"), "must name at least one condition"));
+            }
+            let mut on = RetryOn::default();
+            for (i, item) in list.get_ref().iter().enumerate() {
+                match item.get_ref().as_str() {
+                    "connect-failure" => on.connect_failure = true,
+                    "reset" => on.reset = true,
+                    "timeout" => on.timeout = true,
+                    "5xx" => on.statuses.extend(500..=599),
+                    other => match other.parse::<u16>() {
+                        Ok(code) if (500..=599).contains(&code) => on.statuses.push(code),
+                        _ => {
+                            return Err(cx.at(
+                                item,
+                                format!("{key}.on[{i}]"),
+                                "must be \"connect-failure\", \"reset\", \"timeout\", a status from \"500\" to \"599\", or \"5xx\"",
+                            ))
+                        }
+                    },
+                }
+            }
+            on.statuses.sort_unstable();
+            on.statuses.dedup();
+            on
+        }
+    };
+    let budget_permille = match &file.budget {
+        None => 200,
+        Some(b) => parse_percent(b.get_ref()).ok_or_else(|| {
+            cx.at(
+                b,
+                field("budget"),
+                "must be a share such as \"20%\" or \"12.5%\" (0% to 100%)",
+            )
+        })?,
+    };
+    let per_try_timeout = match &file.per_try_timeout {
+        None => None,
+        Some(value) => Some(duration(
+            cx,
+            Some(value),
+            &field("per_try_timeout"),
+            Duration::ZERO,
+            Zero::Rejected,
+        )?),
+    };
+    Ok(Retries {
+        attempts: count(cx, file.attempts.as_ref(), &field("attempts"), 2, (1, 10))?,
+        on,
+        budget_permille,
+        min_retries: count(
+            cx,
+            file.min_retries.as_ref(),
+            &field("min_retries"),
+            3,
+            (0, 1_000_000),
+        )?,
+        per_try_timeout,
+    })
+}
+
+/// `"20%"` → 200, `"12.5%"` → 125: per mille, at most one decimal, 0% to 100%.
+fn parse_percent(text: &str) -> Option<u32> {
+    let number = text.strip_suffix('%')?;
+    let (whole, tenth) = match number.split_once('.') {
+        Some((w, t)) if t.len() == 1 => (w, t),
+        Some(_) => return None,
+        None => (number, "0"),
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole) || !digits(tenth) {
+        return None;
+    }
+    let permille = whole.parse::<u32>().ok()?.checked_mul(10)? + tenth.parse::<u32>().ok()?;
+    (permille <= 1000).then_some(permille)
 }
 
 fn routes(
