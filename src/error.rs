@@ -48,6 +48,8 @@ pub enum Error {
     UpstreamClosed,
     #[error("upstream i/o error")]
     UpstreamIo,
+    #[error("upstream circuit breaker open")]
+    BreakerOpen,
 }
 
 impl Error {
@@ -74,6 +76,7 @@ impl Error {
             Error::PurgeForbidden | Error::IpDenied | Error::CorsRefused | Error::Forbidden => 403,
             Error::Unauthorized => 401,
             Error::UpstreamConnectTimeout | Error::UpstreamTimeout => 504,
+            Error::BreakerOpen => 503,
             Error::UpstreamRefused
             | Error::UpstreamProtocol(_)
             | Error::UpstreamClosed
@@ -101,6 +104,7 @@ impl Error {
             Error::UpstreamProtocol(_) => "upstream_protocol",
             Error::UpstreamClosed => "upstream_closed",
             Error::UpstreamIo => "upstream_io",
+            Error::BreakerOpen => "breaker_open",
         }
     }
 }

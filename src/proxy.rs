@@ -11,8 +11,6 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
@@ -21,7 +19,8 @@ use crate::access::cors::{self, CorsRequest, Preflight};
 use crate::access::{RoutePolicy, Verdict};
 use crate::cache::{Hit, Key, Lookup};
 use crate::config::{
-    Action, Builtin, CacheSettings, LimitKey, Route, Upstream as UpstreamConfig, UpstreamKind,
+    Action, Balance, Builtin, CacheSettings, HashKey, LimitKey, RetryOn, Route,
+    Upstream as UpstreamConfig, UpstreamKind,
 };
 use crate::error::{Error, Side};
 use crate::http::encode::{self, BodyOut, Forward, Generated, Omit, Reply};
@@ -30,12 +29,13 @@ use crate::http::{
 };
 use crate::metrics::Metrics;
 use crate::ratelimit::Decision;
-use crate::routing::Snapshot;
+use crate::upstream::balance::key_hash;
 use crate::upstream::echo;
 use crate::upstream::pool::Upstream;
+use crate::upstream::state::{Attempt, Limit, Tried, UpstreamState};
 use crate::wire::Wire;
 use crate::worker::drain::Started;
-use crate::worker::Worker;
+use crate::worker::{Current, Worker};
 
 /// How long an idle connection of a draining worker waits for a request already on its way.
 const DRAIN_LAST_READ: Duration = Duration::from_millis(2);
@@ -196,13 +196,13 @@ pub async fn handle(w: &Worker, c: ClientSide<'_>, s: &mut Scratch) -> Next {
     let snap = w.snapshot();
     let next = answer(w, &snap, c, s).await;
     w.metrics
-        .route_response(&snap, s.served.route, s.served.status);
+        .route_response(&snap.snapshot, s.served.route, s.served.status);
     next
 }
 
-/// The pipeline for one request, on the snapshot it started with.
-#[allow(clippy::redundant_allocation)]
-async fn answer(w: &Worker, snap: &Rc<Arc<Snapshot>>, c: ClientSide<'_>, s: &mut Scratch) -> Next {
+/// The pipeline for one request, on the snapshot it started with (and this worker's
+/// upstream state for it).
+async fn answer(w: &Worker, snap: &Current, c: ClientSide<'_>, s: &mut Scratch) -> Next {
     let server = &snap.config.server;
     let head = c.head;
     let buf = c.wire.data();
@@ -390,12 +390,15 @@ async fn answer(w: &Worker, snap: &Rc<Arc<Snapshot>>, c: ClientSide<'_>, s: &mut
                 omit: omit_request.as_ref().map(|f| f as &Omit<'_>),
             };
             encode::request_head(&mut s.out, buf, head, &fwd);
-            match &up.kind {
-                UpstreamKind::Builtin(Builtin::Echo) => echo_reply(w, c, s, keep_alive).await,
-                UpstreamKind::Targets(targets) => {
+            match (&up.kind, snap.upstreams.get(*upstream)) {
+                (UpstreamKind::Builtin(Builtin::Echo), _) => echo_reply(w, c, s, keep_alive).await,
+                (UpstreamKind::Targets(_), None) => {
+                    reject(w, c, s, Error::NoRoute, server.max_body).await
+                }
+                (UpstreamKind::Targets(_), Some(state)) => {
                     let ctx = ForwardCtx {
                         up,
-                        targets,
+                        state,
                         keep_alive,
                         max_body: server.max_body,
                         client_timeout: server.keepalive_timeout,
@@ -653,7 +656,8 @@ async fn echo_reply(w: &Worker, c: ClientSide<'_>, s: &mut Scratch, keep_alive: 
 
 struct ForwardCtx<'a> {
     up: &'a UpstreamConfig,
-    targets: &'a [SocketAddr],
+    /// This worker's state of the upstream: balancer, health, breaker, budget.
+    state: &'a UpstreamState,
     keep_alive: bool,
     max_body: u64,
     client_timeout: Duration,
@@ -779,11 +783,97 @@ enum Failure {
     /// A reused connection turned out dead before any response byte: safe to try again if
     /// the request may be repeated.
     Stale,
+    /// The upstream answered with a status the retry policy retries, and the budget granted
+    /// the retry: its response was dropped unread.
+    Retry(u16),
+    /// The circuit breaker refused a connection: 503 with Retry-After.
+    Overloaded(Limit),
     /// The response had started (or the client failed): only closing is left.
     After(Error),
 }
 
-/// Sends the request (head in `s.out`) upstream and relays the response.
+impl Failure {
+    /// The retry condition (`retries.on`) this failure meets, if any.
+    fn condition(&self) -> Option<Condition> {
+        match self {
+            Failure::Before(Error::UpstreamRefused | Error::UpstreamConnectTimeout) => {
+                Some(Condition::ConnectFailure)
+            }
+            Failure::Before(Error::UpstreamClosed | Error::UpstreamIo) | Failure::Stale => {
+                Some(Condition::Reset)
+            }
+            Failure::Before(Error::UpstreamTimeout) => Some(Condition::Timeout),
+            _ => None,
+        }
+    }
+
+    /// Whether the target is to blame (for passive health and its latency average).
+    fn blames_target(&self) -> bool {
+        match self {
+            Failure::Before(e) | Failure::After(e) => matches!(
+                e,
+                Error::UpstreamRefused
+                    | Error::UpstreamConnectTimeout
+                    | Error::UpstreamTimeout
+                    | Error::UpstreamClosed
+                    | Error::UpstreamIo
+                    | Error::UpstreamProtocol(_)
+            ),
+            Failure::Retry(_) => true,
+            Failure::Stale | Failure::Overloaded(_) => false,
+        }
+    }
+}
+
+/// The conditions of `retries.on` that are not a status.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Condition {
+    ConnectFailure,
+    Reset,
+    Timeout,
+}
+
+impl Condition {
+    fn listed(self, on: &RetryOn) -> bool {
+        match self {
+            Condition::ConnectFailure => on.connect_failure,
+            Condition::Reset => on.reset,
+            Condition::Timeout => on.timeout,
+        }
+    }
+}
+
+/// What a breaker's 503 tells the client: come back in a second.
+const RETRY_AFTER: &[u8] = b"Retry-After: 1\r\n";
+
+/// The consistent-hash key of a request (0 for other policies, which ignore it).
+fn balance_key(up: &UpstreamConfig, c: &ClientSide<'_>) -> u64 {
+    let Balance::ConsistentHash(by) = &up.balance else {
+        return 0;
+    };
+    let buf = c.wire.data();
+    let bytes = match by {
+        HashKey::ClientIp => c.addr,
+        HashKey::Header(name) => c.head.fields.get(buf, name.as_bytes()).unwrap_or_default(),
+        HashKey::Path => {
+            let path = c.head.path.of(buf);
+            path.split(|&b| b == b'?').next().unwrap_or_default()
+        }
+    };
+    key_hash(bytes)
+}
+
+/// Sends the request (head in `s.out`) upstream and relays the response: picks a target,
+/// takes a pooled connection or opens one, and tries again where the retry policy (or a
+/// stale pooled connection) allows.
+///
+/// Retries: a stale pooled connection (closed by the upstream while idle) is retried once on
+/// a fresh connection, as before and outside the retry policy (it is no failure of the
+/// target, and is counted in `ringgate_upstream_retries_total`, not in the budget). Policy
+/// retries (`retries`) go to another target where one is left, up to `attempts` in all, each
+/// granted by the upstream's retry budget. A connect failure may be retried for any request
+/// (nothing of it left the gateway); other failures only for an idempotent method whose body
+/// is empty or small enough to have gone out with the head (it is kept for the next try).
 async fn forward(w: &Worker, c: ClientSide<'_>, s: &mut Scratch, ctx: &ForwardCtx<'_>) -> Next {
     let head = c.head;
     let framing = head.framing();
@@ -792,13 +882,17 @@ async fn forward(w: &Worker, c: ClientSide<'_>, s: &mut Scratch, ctx: &ForwardCt
             return reject(w, c, s, Error::BodyTooLarge, ctx.max_body).await;
         }
     }
+    let up = ctx.state;
+    // Circuit breaker: requests in flight to this upstream from this worker.
+    let _request = match up.admit() {
+        Ok(slot) => slot,
+        Err(limit) => return overloaded(w, c, s, ctx, limit).await,
+    };
     let method = head.method;
     let version = head.version;
     let expect_continue = head.fields.expect_continue;
     let tunnel = head.wants_upgrade();
-    // A request may go out twice only if repeating it is harmless and nothing of it but the
-    // head has left the client buffer.
-    let repeatable = method.is_idempotent() && framing == Framing::Length(0);
+    let key = balance_key(ctx.up, &c);
     // A cache miss keeps its head for the admission check, and tells concurrent misses for
     // the same URL to wait for this fetch.
     let _fetch = ctx.capture.map(|cap| {
@@ -808,67 +902,159 @@ async fn forward(w: &Worker, c: ClientSide<'_>, s: &mut Scratch, ctx: &ForwardCt
         w.begin_fetch(cap.key)
     });
     c.wire.consume(head.len);
+    // A small body that is already here goes out with the head in one write (one send
+    // instead of two: the kernel's share of a proxied POST is most of its cost), and stays
+    // in `s.out` for another attempt.
+    let mut body_inline = false;
+    if let Framing::Length(n) = framing {
+        let here = c.wire.data();
+        if n > 0 && n <= 16 * 1024 && !expect_continue && here.len() as u64 >= n {
+            s.out
+                .extend_from_slice(here.get(..n as usize).unwrap_or_default());
+            c.wire.consume(n as usize);
+            body_inline = true;
+        }
+    }
+    // A request may go out twice only if repeating it is harmless and all of it is still
+    // at hand.
+    let repeatable = method.is_idempotent() && (framing == Framing::Length(0) || body_inline);
+    let policy = ctx.up.retries.as_ref();
+    let deadline = ctx.up.timeout.map(|t| w.recent() + t);
+    if policy.is_some() {
+        up.count_request(w.recent());
+    }
+    let mut attempt = 1;
+    let mut tried = Tried::default();
     let mut tried_fresh = false;
     let result = loop {
-        let Some(target) = w.pool.pick(&ctx.up.name, ctx.targets) else {
+        // The first attempt starts with the request (its clock read is recent); a later
+        // one after a failure that may have taken a timeout.
+        let now = if attempt == 1 && !tried_fresh {
+            w.recent()
+        } else {
+            w.now()
+        };
+        let Some((index, target)) = up
+            .pick(key, tried, now)
+            .and_then(|i| Some((i, up.target(i)?)))
+        else {
             break Err(Failure::Before(Error::UpstreamRefused));
         };
+        let addr = target.addr;
+        let per_try = policy.and_then(|p| p.per_try_timeout).map(|t| now + t);
+        let try_deadline = match (deadline, per_try) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        // Circuit breaker: connections carrying a request.
+        let _connection = if up.limits_connections() {
+            let bound = try_deadline.unwrap_or(now + ctx.up.connect_timeout);
+            match monoio::time::timeout_at(bound.into(), up.connection()).await {
+                Ok(Ok(slot)) => slot,
+                Ok(Err(limit)) => break Err(Failure::Overloaded(limit)),
+                Err(_) => break Err(Failure::Overloaded(up.refuse(Limit::MaxConnections))),
+            }
+        } else {
+            None
+        };
+        let _in_flight = up.begin(index);
         let pooled = if tried_fresh {
             None
         } else {
-            w.pool.take(target, ctx.up.idle_timeout, w.recent())
+            w.pool.take(addr, ctx.up.idle_timeout, w.recent())
         };
-        let mut conn = match pooled {
+        let opened = match pooled {
             Some(conn) => {
                 Metrics::add(&w.metrics.upstream_reused);
-                conn
+                Ok(conn)
             }
-            None => match connect(target, ctx.up.connect_timeout).await {
-                Ok(stream) => {
+            None => {
+                let limit = try_deadline.map_or(ctx.up.connect_timeout, |d| {
+                    d.saturating_duration_since(now).min(ctx.up.connect_timeout)
+                });
+                connect(addr, limit).await.map(|stream| {
                     // Deadlines and the upstream time count from here, not from the request.
                     w.now();
                     Metrics::add(&w.metrics.upstream_connects);
                     Upstream {
                         wire: Wire::new(stream, 16 * 1024),
-                        target,
+                        target: addr,
                         requests: 0,
                         reused: false,
                     }
-                }
-                Err(e) => break Err(Failure::Before(e)),
-            },
-        };
-        let attempt = exchange(
-            w,
-            c.wire,
-            head,
-            &mut conn,
-            s,
-            ctx,
-            Request {
-                method,
-                version,
-                framing,
-                expect_continue,
-                tunnel,
-            },
-        )
-        .await;
-        match attempt {
-            Err(Failure::Stale) if repeatable && !tried_fresh => {
-                Metrics::add(&w.metrics.upstream_retries);
-                tried_fresh = true;
+                })
             }
-            // A second stale connection, or one that may not be repeated: a plain failure.
-            Err(Failure::Stale) => break Err(Failure::Before(Error::UpstreamClosed)),
-            Ok(Outcome::Reusable) => {
+        };
+        let retry_status =
+            policy.is_some_and(|p| !p.on.statuses.is_empty() && repeatable && attempt < p.attempts);
+        let (outcome, conn) = match opened {
+            Err(e) => (Err(Failure::Before(e)), None),
+            Ok(mut conn) => {
+                let req = Request {
+                    method,
+                    version,
+                    framing,
+                    expect_continue,
+                    tunnel,
+                    body_inline,
+                    try_deadline,
+                    retry_status,
+                };
+                let outcome = exchange(w, c.wire, head, &mut conn, s, ctx, req).await;
+                (outcome, Some(conn))
+            }
+        };
+        if up.records_outcomes() {
+            let verdict = match &outcome {
+                Ok(_) if s.served.status < 500 => {
+                    Some(Attempt::Success(s.served.upstream_time.unwrap_or_default()))
+                }
+                Ok(_) => Some(Attempt::Failure),
+                Err(f) => f.blames_target().then_some(Attempt::Failure),
+            };
+            if let Some(ejected) = verdict.and_then(|v| up.record(index, v, w.recent())) {
+                tracing::warn!(worker = w.id, upstream = %ctx.up.name, target = %addr, ejected_for = ?ejected, "outlier detection: target ejected");
+            }
+        }
+        let failure = match (outcome, conn) {
+            (Ok(Outcome::Reusable), Some(conn)) => {
                 w.pool.put(conn, ctx.up.max_idle, w.recent());
                 break Ok(None);
             }
-            Ok(Outcome::Done) => break Ok(None),
-            Ok(Outcome::Tunnel) => break Ok(Some(conn.wire)),
-            Err(other) => break Err(other),
+            (Ok(Outcome::Tunnel), Some(conn)) => break Ok(Some(conn.wire)),
+            (Ok(_), _) => break Ok(None),
+            (Err(Failure::Stale), _) if repeatable && !tried_fresh => {
+                Metrics::add(&w.metrics.upstream_retries);
+                tried_fresh = true;
+                continue;
+            }
+            (Err(Failure::Retry(status)), _) => {
+                tracing::debug!(worker = w.id, upstream = %ctx.up.name, target = %addr, status, "retrying on another target");
+                tried.add(index);
+                attempt += 1;
+                continue;
+            }
+            // A second stale connection, or one that may not be repeated: the upstream
+            // closed the connection.
+            (Err(Failure::Stale), _) => Failure::Before(Error::UpstreamClosed),
+            (Err(other), _) => other,
+        };
+        let retry = match (policy, failure.condition()) {
+            (Some(p), Some(condition)) => {
+                condition.listed(&p.on)
+                    && attempt < p.attempts
+                    && (repeatable || condition == Condition::ConnectFailure)
+                    && deadline.is_none_or(|d| w.now() < d)
+                    && up.try_retry(w.recent())
+            }
+            _ => false,
+        };
+        if !retry {
+            break Err(failure);
         }
+        tracing::debug!(worker = w.id, upstream = %ctx.up.name, target = %addr, "retrying on another target");
+        tried.add(index);
+        attempt += 1;
     };
     match result {
         Ok(Some(upstream)) => Next::Tunnel(upstream),
@@ -877,14 +1063,12 @@ async fn forward(w: &Worker, c: ClientSide<'_>, s: &mut Scratch, ctx: &ForwardCt
         Err(Failure::Before(e)) => {
             w.metrics.upstream_error(&ctx.up.name, e.label());
             tracing::warn!(worker = w.id, status = e.status(), reason = e.label(), upstream = %ctx.up.name, "upstream exchange failed");
-            s.out.clear();
-            encode::error(&mut s.out, e.status(), false);
-            let (_, buf) = c.wire.send(std::mem::take(&mut s.out)).await;
-            s.out = buf;
-            w.metrics.response(e.status());
-            s.served.status = e.status();
-            s.served.bytes = encode::reason(e.status()).len() as u64 + 5;
-            Next::Close
+            fail(w, c.wire, s, e, b"").await
+        }
+        Err(Failure::Overloaded(limit)) => {
+            w.metrics.error(Error::BreakerOpen.label());
+            tracing::info!(worker = w.id, upstream = %ctx.up.name, limit = limit.label(), "circuit breaker open: 503");
+            fail(w, c.wire, s, Error::BreakerOpen, RETRY_AFTER).await
         }
         Err(Failure::After(e)) if e.side() == Side::Upstream => {
             w.metrics.upstream_error(&ctx.up.name, e.label());
@@ -896,8 +1080,63 @@ async fn forward(w: &Worker, c: ClientSide<'_>, s: &mut Scratch, ctx: &ForwardCt
             tracing::warn!(worker = w.id, reason = e.label(), upstream = %ctx.up.name, "exchange aborted after the response started; closing");
             Next::Close
         }
-        Err(Failure::Stale) => Next::Close,
+        // Both are turned into a retry or a plain failure inside the loop.
+        Err(Failure::Stale | Failure::Retry(_)) => Next::Close,
     }
+}
+
+/// Answers a request whose head (and maybe body) already left the client buffer with the
+/// error's status and `extra` header lines (the caller counts the error), and closes.
+async fn fail(w: &Worker, client: &mut Wire, s: &mut Scratch, e: Error, extra: &[u8]) -> Next {
+    s.chunk.clear();
+    encode::error_body(&mut s.chunk, e.status());
+    s.out.clear();
+    encode::generated(
+        &mut s.out,
+        &Generated {
+            status: e.status(),
+            content_type: b"text/plain",
+            body: &s.chunk,
+            extra,
+            keep_alive: false,
+            client_version: Version::Http11,
+            head_only: false,
+        },
+    );
+    let (_, buf) = client.send(std::mem::take(&mut s.out)).await;
+    s.out = buf;
+    w.metrics.response(e.status());
+    s.served.status = e.status();
+    s.served.bytes = s.chunk.len() as u64;
+    Next::Close
+}
+
+/// The breaker refused a request before anything of it was read: 503 with Retry-After at
+/// once, counted and logged; the connection stays open when the request's body can be
+/// skipped.
+async fn overloaded(
+    w: &Worker,
+    c: ClientSide<'_>,
+    s: &mut Scratch,
+    ctx: &ForwardCtx<'_>,
+    limit: Limit,
+) -> Next {
+    let e = Error::BreakerOpen;
+    w.metrics.error(e.label());
+    tracing::info!(worker = w.id, upstream = %ctx.up.name, limit = limit.label(), "circuit breaker open: 503");
+    s.extra.extend_from_slice(RETRY_AFTER);
+    s.chunk.clear();
+    encode::error_body(&mut s.chunk, e.status());
+    let g = Generated {
+        status: e.status(),
+        content_type: b"text/plain",
+        body: &s.chunk,
+        extra: &s.extra,
+        keep_alive: ctx.keep_alive,
+        client_version: c.head.version,
+        head_only: c.head.method == Method::Head,
+    };
+    respond_generated(w, c, (&mut s.out, &mut s.served), &g, ctx.max_body).await
 }
 
 async fn connect(target: SocketAddr, timeout: Duration) -> Result<TcpStream, Error> {
@@ -920,6 +1159,12 @@ struct Request {
     framing: Framing,
     expect_continue: bool,
     tunnel: bool,
+    /// The body is in `s.out` after the head (nothing left to relay from the client).
+    body_inline: bool,
+    /// The attempt's deadline for its response head (`per_try_timeout`, `timeout`).
+    try_deadline: Option<Instant>,
+    /// A response with a status in `retries.on` may be dropped for a retry.
+    retry_status: bool,
 }
 
 enum Outcome {
@@ -949,33 +1194,19 @@ async fn exchange(
             Failure::Before(e)
         }
     };
-    // A small body that is already here goes out with the head in one write (one send
-    // instead of two: the kernel's share of a proxied POST is most of its cost).
-    let head_len = s.out.len();
-    let mut body_sent = false;
-    if let Framing::Length(n) = req.framing {
-        let here = client.data();
-        if n > 0 && n <= 16 * 1024 && !req.expect_continue && here.len() as u64 >= n {
-            s.out
-                .extend_from_slice(here.get(..n as usize).unwrap_or_default());
-            client.consume(n as usize);
-            body_sent = true;
-        }
-    }
-    // The head goes out by value and comes back unchanged, ready for a retry (which only
-    // bodiless requests get).
+    // The head (with a small body) goes out by value and comes back unchanged, ready for a
+    // retry.
     // The request started (and a fresh connection was made) moments ago: no clock read.
     let sent_at = w.recent();
     let (res, buf) = conn.wire.send(std::mem::take(&mut s.out)).await;
     s.out = buf;
-    s.out.truncate(head_len);
     if res.is_err() {
         return Err(stale(conn.reused, Error::UpstreamIo));
     }
     // The first wait for the response counts from the request's start, the clock read last,
     // unless a streamed body took its time.
     let mut wait_from = Some(sent_at);
-    if req.framing != Framing::Length(0) && !body_sent {
+    if req.framing != Framing::Length(0) && !req.body_inline {
         if req.expect_continue {
             client
                 .send_static(encode::CONTINUE)
@@ -1024,16 +1255,24 @@ async fn exchange(
                     Err(e) => return Err(Failure::Before(Error::UpstreamProtocol(e))),
                 }
             }
-            let read = match wait_from.take() {
-                Some(at) => {
-                    monoio::time::timeout_at((at + ctx.up.read_timeout).into(), conn.wire.fill())
-                        .await
+            // read_timeout, or the attempt's deadline if that comes first.
+            let read = match (wait_from.take(), req.try_deadline) {
+                (Some(at), limit) => {
+                    let at = at + ctx.up.read_timeout;
+                    let at = limit.map_or(at, |d| d.min(at));
+                    monoio::time::timeout_at(at.into(), conn.wire.fill()).await
                 }
-                None => monoio::time::timeout(ctx.up.read_timeout, conn.wire.fill()).await,
+                (None, None) => monoio::time::timeout(ctx.up.read_timeout, conn.wire.fill()).await,
+                (None, Some(d)) => {
+                    let at = (Instant::now() + ctx.up.read_timeout).min(d);
+                    monoio::time::timeout_at(at.into(), conn.wire.fill()).await
+                }
             };
             match read {
                 Err(_) => return Err(Failure::Before(Error::UpstreamTimeout)),
-                Ok(Ok(0)) | Ok(Err(_)) if !got_any && req.framing == Framing::Length(0) => {
+                Ok(Ok(0)) | Ok(Err(_))
+                    if !got_any && (req.framing == Framing::Length(0) || req.body_inline) =>
+                {
                     return Err(stale(conn.reused, Error::UpstreamClosed))
                 }
                 Ok(Ok(0)) | Ok(Err(_)) => return Err(Failure::Before(Error::UpstreamClosed)),
@@ -1055,6 +1294,17 @@ async fn exchange(
     }
 
     let status = response.status;
+    // Retry policy: a status it lists is dropped, unread, if the budget grants a retry.
+    let retried = req.retry_status
+        && ctx
+            .up
+            .retries
+            .as_ref()
+            .is_some_and(|p| p.on.statuses.binary_search(&status).is_ok())
+        && ctx.state.try_retry(w.recent());
+    if retried {
+        return Err(Failure::Retry(status));
+    }
     let framing = response.framing(req.method);
     // Cache store, part 1: does the cache want this response? The body is collected as it
     // is relayed, up to max_object.

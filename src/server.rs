@@ -15,6 +15,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::{Config, Listen, Steer, Workers};
+use crate::control::health;
 use crate::routing::SharedSnapshot;
 use crate::worker::{self, accept, RunningDriver, Worker};
 
@@ -24,6 +25,8 @@ pub enum ServerError {
     Bind { addr: SocketAddr, source: io::Error },
     #[error("cannot start worker {worker}: {source}")]
     Worker { worker: usize, source: io::Error },
+    #[error("cannot start the health-check thread: {0}")]
+    HealthChecks(io::Error),
 }
 
 /// A running gateway.
@@ -35,6 +38,8 @@ pub struct Server {
     control: Arc<Control>,
     done: mpsc::Receiver<usize>,
     threads: Vec<JoinHandle<()>>,
+    /// Active health checks; stops when the server is dropped.
+    _health: health::Checker,
 }
 
 impl Server {
@@ -131,6 +136,7 @@ impl Server {
             }
         }
         let listening = configured.into_iter().zip(addrs.iter().copied()).collect();
+        let health = health::spawn(Arc::clone(&snapshot)).map_err(ServerError::HealthChecks)?;
         Ok(Server {
             addrs,
             drivers,
@@ -144,6 +150,7 @@ impl Server {
             }),
             done,
             threads,
+            _health: health,
         })
     }
 

@@ -13,9 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::reload;
+use crate::config::UpstreamKind;
 use crate::http::{encode, Limits, Method, RequestHead, Status, Version};
-use crate::routing::SharedSnapshot;
+use crate::routing::{SharedSnapshot, Snapshot};
 use crate::server::Control;
+use crate::upstream::state::label_value;
 
 /// What the admin listener reads.
 pub struct AdminState {
@@ -179,7 +181,37 @@ const FAMILIES: &[(&str, &str, &str)] = &[
     (
         "ringgate_upstream_retries_total",
         "counter",
-        "Requests retried after a stale pooled connection.",
+        "Requests retried after a stale pooled connection (outside any retry budget).",
+    ),
+    (
+        "ringgate_retries_total",
+        "counter",
+        "Attempts retried under an upstream's retry policy, by upstream.",
+    ),
+    (
+        "ringgate_retry_budget_exhausted_total",
+        "counter",
+        "Retries the retry budget refused, by upstream.",
+    ),
+    (
+        "ringgate_breaker_rejections_total",
+        "counter",
+        "Requests answered 503 by an upstream's circuit breaker, by upstream and limit.",
+    ),
+    (
+        "ringgate_upstream_requests_in_flight",
+        "gauge",
+        "Requests in flight to an upstream that has a breaker.",
+    ),
+    (
+        "ringgate_upstream_ejections_total",
+        "counter",
+        "Outlier ejections of a target (each worker ejects on its own), by upstream and target.",
+    ),
+    (
+        "ringgate_upstream_ejected",
+        "gauge",
+        "Workers that have a target ejected now, by upstream and target.",
     ),
     (
         "ringgate_errors_total",
@@ -297,6 +329,31 @@ fn quantiles(out: &mut String, sums: &BTreeMap<String, f64>) {
     }
 }
 
+/// The active checks' verdict on each checked target (kept once for the process, not per
+/// worker, so it is read here rather than summed).
+fn health(out: &mut String, snapshot: &Snapshot) {
+    out.push_str(
+        "# HELP ringgate_upstream_healthy Active health check verdict: 1 healthy, 0 unhealthy.\n",
+    );
+    out.push_str("# TYPE ringgate_upstream_healthy gauge\n");
+    for (up, shared) in snapshot.config.upstreams.iter().zip(&snapshot.upstreams) {
+        let UpstreamKind::Targets(targets) = &up.kind else {
+            continue;
+        };
+        let name = label_value(&up.name);
+        for (i, (addr, word)) in targets.iter().zip(&shared.health).enumerate() {
+            // A target listed twice is one series (both entries share one word).
+            if targets.get(..i).is_some_and(|before| before.contains(addr)) {
+                continue;
+            }
+            out.push_str(&format!(
+                "ringgate_upstream_healthy{{upstream=\"{name}\",target=\"{addr}\"}} {}\n",
+                u8::from(word.is_healthy())
+            ));
+        }
+    }
+}
+
 /// Prometheus text format (version 0.0.4) of the summed worker counters.
 fn render(state: &AdminState) -> io::Result<String> {
     let sums: BTreeMap<String, f64> = state.control.metrics()?;
@@ -336,6 +393,7 @@ fn render(state: &AdminState) -> io::Result<String> {
         "ringgate_config_last_reload_successful {}\n",
         u8::from(last_ok)
     ));
+    health(&mut out, &state.snapshot.current());
     out.push_str("# HELP ringgate_workers Worker threads.\n# TYPE ringgate_workers gauge\n");
     out.push_str(&format!("ringgate_workers {}\n", state.workers));
     Ok(out)

@@ -14,6 +14,7 @@ use rustls::server::ProducesTickets;
 use super::RouteTable;
 use crate::config::Config;
 use crate::tls::{self, Acceptor};
+use crate::upstream::state::Shared;
 
 /// One published configuration with its compiled route table.
 #[derive(Debug)]
@@ -27,15 +28,21 @@ pub struct Snapshot {
     /// takes it at accept, so a reload's certificates serve new connections while open ones
     /// keep the config they shook hands with.
     pub tls: Option<Acceptor>,
+    /// The shared part of each of `config.upstreams` (active-health words, Maglev tables),
+    /// by the same index.
+    pub upstreams: Vec<Shared>,
 }
 
 impl Snapshot {
     pub fn new(generation: u64, config: Config) -> Snapshot {
-        Snapshot::with_ticketer(generation, config, None)
+        let mut snapshot = Snapshot::with_ticketer(generation, config, None);
+        snapshot.upstreams = Shared::build(&snapshot.config, None);
+        snapshot
     }
 
     /// As [`Snapshot::new`], issuing session tickets with `ticketer` (an earlier snapshot's,
-    /// so that tickets survive the reload) or, if None, a new one.
+    /// so that tickets survive the reload) or, if None, a new one; without the upstreams'
+    /// shared parts, which depend on the snapshot this one follows.
     fn with_ticketer(
         generation: u64,
         config: Config,
@@ -50,6 +57,7 @@ impl Snapshot {
             table: RouteTable::new(&config.routes),
             config,
             tls,
+            upstreams: Vec::new(),
         }
     }
 }
@@ -108,7 +116,11 @@ impl SharedSnapshot {
             .publishing
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        next.generation = self.current.load().generation + 1;
+        // Under the lock, so that health words and Maglev tables carry over from the very
+        // snapshot this one replaces: a reload keeps what the checks found.
+        let previous = self.current.load_full();
+        next.upstreams = Shared::build(&next.config, Some((&previous.config, &previous.upstreams)));
+        next.generation = previous.generation + 1;
         let generation = next.generation;
         self.current.store(Arc::new(next));
         generation

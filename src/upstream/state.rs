@@ -167,7 +167,7 @@ impl Limit {
 
 /// How an attempt on a target ended, for passive health and latency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Attempt {
     /// A response below 500 arrived after this long (to its head).
     Success(Duration),
     /// Connect failure, reset, timeout or a 5xx.
@@ -356,6 +356,11 @@ impl UpstreamState {
             .or_else(|| balancer.pick(&view(false, Tried::default()), key))
     }
 
+    /// Whether the breaker limits connections (then [`UpstreamState::connection`] is asked).
+    pub fn limits_connections(&self) -> bool {
+        self.breaker.is_some_and(|b| b.max_connections.is_some())
+    }
+
     /// Counts an attempt on target `i` as in flight (for least_conn and p2c_ewma) until the
     /// guard drops.
     pub fn begin(&self, i: usize) -> Option<InFlight<'_>> {
@@ -374,12 +379,12 @@ impl UpstreamState {
 
     /// Records how an attempt on target `i` ended; returns the ejection's length when this
     /// outcome ejected the target (logged by the caller).
-    pub fn record(&self, i: usize, outcome: Outcome, now: Instant) -> Option<Duration> {
+    pub fn record(&self, i: usize, outcome: Attempt, now: Instant) -> Option<Duration> {
         let live = &self.targets.get(i)?.live;
         if self.tracks_load {
             let sample = match outcome {
-                Outcome::Success(took) => took.as_micros() as f64,
-                Outcome::Failure => FAILURE_PENALTY_US,
+                Attempt::Success(took) => took.as_micros() as f64,
+                Attempt::Failure => FAILURE_PENALTY_US,
             };
             let old = live.latency_us.get();
             let new = if old == 0.0 {
@@ -392,11 +397,11 @@ impl UpstreamState {
         let cfg = self.outlier.as_ref()?;
         let mut o = live.outlier.get();
         let ejected = match outcome {
-            Outcome::Success(_) => {
+            Attempt::Success(_) => {
                 o.success(now, cfg);
                 None
             }
-            Outcome::Failure => {
+            Attempt::Failure => {
                 let ejected_now = self
                     .targets
                     .iter()
@@ -529,7 +534,15 @@ impl UpstreamState {
         }
         if self.outlier.is_some() {
             let now = Instant::now();
-            for t in &self.targets {
+            for (i, t) in self.targets.iter().enumerate() {
+                // A target listed twice is one series.
+                if self
+                    .targets
+                    .get(..i)
+                    .is_some_and(|before| before.iter().any(|b| b.addr == t.addr))
+                {
+                    continue;
+                }
                 let _ = writeln!(
                     out,
                     "ringgate_upstream_ejections_total{{upstream=\"{up}\",target=\"{}\"}} {}",
@@ -674,13 +687,13 @@ mod tests {
             .unwrap();
         let now = Instant::now();
         shared[0].health[1].set(false);
-        assert_eq!(s.record(2, Outcome::Failure, now), None);
-        assert!(s.record(2, Outcome::Failure, now).is_some(), "ejected");
+        assert_eq!(s.record(2, Attempt::Failure, now), None);
+        assert!(s.record(2, Attempt::Failure, now).is_some(), "ejected");
         for _ in 0..4 {
             assert_eq!(s.pick(0, Tried::default(), now), Some(0));
         }
-        assert!(s.record(0, Outcome::Failure, now).is_none());
-        assert!(s.record(0, Outcome::Failure, now).is_some());
+        assert!(s.record(0, Attempt::Failure, now).is_none());
+        assert!(s.record(0, Attempt::Failure, now).is_some());
         // Nothing healthy left: every target is a candidate again.
         let picks: Vec<usize> = (0..3)
             .map(|_| s.pick(0, Tried::default(), now).unwrap())
@@ -708,9 +721,9 @@ mod tests {
             "{THREE}\noutlier = {{ consecutive_failures = 1, max_ejected_percent = 50 }}"
         )));
         let now = Instant::now();
-        assert!(s.record(0, Outcome::Failure, now).is_some());
+        assert!(s.record(0, Attempt::Failure, now).is_some());
         assert!(
-            s.record(1, Outcome::Failure, now).is_none(),
+            s.record(1, Attempt::Failure, now).is_none(),
             "a second of three is over 50%"
         );
     }
@@ -823,11 +836,11 @@ mod tests {
     fn latency_average_follows_samples() {
         let s = state(&config(&format!("{THREE}\nbalance = \"p2c_ewma\"")));
         let now = Instant::now();
-        s.record(0, Outcome::Success(Duration::from_millis(10)), now);
+        s.record(0, Attempt::Success(Duration::from_millis(10)), now);
         assert_eq!(s.targets[0].live.latency_us.get(), 10_000.0);
-        s.record(0, Outcome::Success(Duration::from_millis(20)), now);
+        s.record(0, Attempt::Success(Duration::from_millis(20)), now);
         assert_eq!(s.targets[0].live.latency_us.get(), 13_000.0);
-        s.record(1, Outcome::Failure, now);
+        s.record(1, Attempt::Failure, now);
         assert_eq!(s.targets[1].live.latency_us.get(), FAILURE_PENALTY_US);
     }
 

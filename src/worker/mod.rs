@@ -23,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::ratelimit::{Decision, Limiter};
 use crate::routing::{LocalSnapshot, Snapshot};
 use crate::upstream::pool::Pool;
+use crate::upstream::state::UpstreamState;
 use drain::Drain;
 
 pub struct Worker {
@@ -33,10 +34,10 @@ pub struct Worker {
     /// among them).
     pub workers: usize,
     local: RefCell<LocalSnapshot>,
-    /// The snapshot requests use, re-wrapped in an `Rc` so taking it per request costs no
-    /// atomic operation; replaced when the shared snapshot's pointer changes.
-    #[allow(clippy::redundant_allocation)]
-    current: RefCell<Rc<Arc<Snapshot>>>,
+    /// The snapshot requests use with this worker's upstream state for it, in an `Rc` so
+    /// taking it per request costs no atomic operation; replaced when the shared snapshot's
+    /// pointer changes.
+    current: RefCell<Rc<Current>>,
     pub pool: Pool,
     pub metrics: Metrics,
     pub drain: Drain,
@@ -71,7 +72,13 @@ impl Worker {
         driver: RunningDriver,
         mut local: LocalSnapshot,
     ) -> Worker {
-        let current = Rc::new(Arc::clone(local.load()));
+        let request_ids = (random_u64(), Cell::new(0));
+        let current = Rc::new(Current::new(
+            Arc::clone(local.load()),
+            &[],
+            request_ids.0,
+            Instant::now(),
+        ));
         let log = accesslog::Writer::open(&current.config.log).unwrap_or_else(|e| {
             tracing::error!(worker = id, "access log cannot be opened, logging off: {e}");
             None
@@ -89,7 +96,7 @@ impl Worker {
             listeners: RefCell::new(Vec::new()),
             listeners_opened: Cell::new(0),
             clock: Cell::new(Instant::now()),
-            request_ids: (random_u64(), Cell::new(0)),
+            request_ids,
             limiters: RefCell::new(ahash::AHashMap::new()),
             cache: RefCell::new(None),
             fetching: RefCell::new(ahash::AHashMap::new()),
@@ -125,7 +132,7 @@ impl Worker {
         }
     }
 
-    /// This worker's counters and cache figures, for the control thread to sum.
+    /// This worker's counters, cache and upstream figures, for the control thread to sum.
     pub fn export_metrics(&self) -> String {
         let mut text = self.metrics.export(self.drain.connections());
         let id = self.id;
@@ -142,6 +149,9 @@ impl Worker {
             ));
         }
         self.metrics.export_tls(&mut text);
+        for upstream in &self.current.borrow().upstreams {
+            upstream.export(&mut text);
+        }
         if let Some((_, cache)) = self.cache.borrow().as_ref() {
             let st = cache.stats();
             for (name, value) in [
@@ -237,16 +247,21 @@ impl Worker {
         }
     }
 
-    /// The routing snapshot for one request: it keeps the snapshot it started with. The
-    /// double pointer is the point: the `Rc` is the per-request handle (no atomic), the `Arc`
-    /// what the control thread published.
-    #[allow(clippy::redundant_allocation)]
-    pub fn snapshot(&self) -> Rc<Arc<Snapshot>> {
+    /// The routing snapshot for one request, with this worker's upstream state for it: a
+    /// request keeps what it started with. The `Rc` is the per-request handle (no atomic);
+    /// the `Arc` inside is what the control thread published. The first request after a
+    /// publish rebuilds the upstream state, carrying over what stays.
+    pub fn snapshot(&self) -> Rc<Current> {
         let mut local = self.local.borrow_mut();
         let latest = local.load();
         let mut current = self.current.borrow_mut();
-        if !Arc::ptr_eq(&current, latest) {
-            *current = Rc::new(Arc::clone(latest));
+        if !Arc::ptr_eq(&current.snapshot, latest) {
+            *current = Rc::new(Current::new(
+                Arc::clone(latest),
+                &current.upstreams,
+                self.request_ids.0,
+                self.recent(),
+            ));
         }
         Rc::clone(&current)
     }
@@ -256,6 +271,39 @@ impl Worker {
         let id = self.next_conn.get();
         self.next_conn.set(id + 1);
         id
+    }
+}
+
+/// What a request reads for its whole life: the routing snapshot it started with, and this
+/// worker's state of that snapshot's upstreams.
+pub struct Current {
+    /// In an `Rc` of its own too, for the per-route counts that keep it (`metrics`).
+    pub snapshot: Rc<Arc<Snapshot>>,
+    /// By the index of `snapshot.config.upstreams`.
+    pub upstreams: Vec<Rc<UpstreamState>>,
+}
+
+impl Current {
+    fn new(
+        snapshot: Arc<Snapshot>,
+        before: &[Rc<UpstreamState>],
+        seed: u64,
+        now: Instant,
+    ) -> Current {
+        let upstreams =
+            UpstreamState::build_all(&snapshot.config, &snapshot.upstreams, before, seed, now);
+        Current {
+            snapshot: Rc::new(snapshot),
+            upstreams,
+        }
+    }
+}
+
+impl std::ops::Deref for Current {
+    type Target = Snapshot;
+
+    fn deref(&self) -> &Snapshot {
+        &self.snapshot
     }
 }
 
