@@ -592,8 +592,45 @@ impl Config {
         for upstream in &self.upstreams {
             match &upstream.kind {
                 UpstreamKind::Targets(targets) => {
-                    let targets: Vec<String> = targets.iter().map(ToString::to_string).collect();
-                    writeln!(out, "  {}: {}", upstream.name, targets.join(", "))?;
+                    let targets: Vec<String> = targets
+                        .iter()
+                        .zip(&upstream.weights)
+                        .map(|(t, w)| match w {
+                            1 => t.to_string(),
+                            w => format!("{t} (weight {w})"),
+                        })
+                        .collect();
+                    write!(out, "  {}: {}", upstream.name, targets.join(", "))?;
+                    let mut notes = vec![match &upstream.balance {
+                        Balance::RoundRobin => "round_robin".to_string(),
+                        Balance::Weighted => "weighted".to_string(),
+                        Balance::LeastConn => "least_conn".to_string(),
+                        Balance::P2cEwma => "p2c_ewma".to_string(),
+                        Balance::ConsistentHash(key) => format!(
+                            "consistent_hash by {}",
+                            match key {
+                                HashKey::ClientIp => "client_ip".to_string(),
+                                HashKey::Header(name) => format!("header {name}"),
+                                HashKey::Path => "path".to_string(),
+                            }
+                        ),
+                    }];
+                    if let Some(t) = upstream.timeout {
+                        notes.push(format!("timeout {t:?}"));
+                    }
+                    if let Some(h) = &upstream.health {
+                        notes.push(format!("health {} every {:?}", h.path, h.interval));
+                    }
+                    if upstream.outlier.is_some() {
+                        notes.push("outlier detection".into());
+                    }
+                    if upstream.breaker.is_some() {
+                        notes.push("breaker".into());
+                    }
+                    if let Some(r) = &upstream.retries {
+                        notes.push(format!("retries {} attempts", r.attempts));
+                    }
+                    writeln!(out, " ({})", notes.join("; "))?;
                 }
                 UpstreamKind::Builtin(Builtin::Echo) => {
                     writeln!(out, "  {}: builtin echo", upstream.name)?;

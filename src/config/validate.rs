@@ -1138,7 +1138,7 @@ fn target(
             value,
             key,
             format!(
-                "expected \"IP:port\" or {{ addr = \"IP:port\", weight = N }}, found a {}",
+                "invalid type: found {}, expected \"IP:port\" or {{ addr = \"IP:port\", weight = N }}",
                 other.type_str()
             ),
         )),
