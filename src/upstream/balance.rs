@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 /// What a balancer may ask about an upstream's targets, by index.
 pub trait Candidates {
-    fn len(&self) -> usize;
+    /// How many targets there are (indices `0..targets()`).
+    fn targets(&self) -> usize;
     /// Whether target `i` may be picked now (healthy, not ejected, not tried yet).
     fn available(&self, i: usize) -> bool;
     /// Requests this worker has in flight to target `i`.
@@ -78,7 +79,7 @@ impl Balancer {
     /// The target for the next attempt, among the available ones; `key` is the request's
     /// [`key_hash`] (only consistent hashing reads it). `None` when none is available.
     pub fn pick(&mut self, c: &impl Candidates, key: u64) -> Option<usize> {
-        let n = c.len();
+        let n = c.targets();
         if n == 0 {
             return None;
         }
@@ -150,8 +151,8 @@ impl Balancer {
                 }
                 // The entries after a key's slot are a stable, pseudo-random sequence of
                 // targets: each key's fallback is its own, and the same on every worker.
-                (1..table.len())
-                    .filter_map(|k| table.at((slot + k) % table.len()))
+                (1..table.slots())
+                    .filter_map(|k| table.at((slot + k) % table.slots()))
                     .find(|&i| c.available(i))
             }
         }
@@ -160,7 +161,7 @@ impl Balancer {
 
 /// The index of the `rank`th available target.
 fn nth_available(c: &impl Candidates, rank: usize) -> Option<usize> {
-    (0..c.len()).filter(|&i| c.available(i)).nth(rank)
+    (0..c.targets()).filter(|&i| c.available(i)).nth(rank)
 }
 
 /// A random number below `m`, from the high bits (xorshift's low bits are its weakest):
@@ -266,12 +267,8 @@ impl Maglev {
         Maglev { table }
     }
 
-    pub fn len(&self) -> usize {
+    fn slots(&self) -> usize {
         self.table.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
     }
 
     fn slot(&self, key: u64) -> usize {
@@ -316,7 +313,7 @@ mod tests {
     }
 
     impl Candidates for Fixed {
-        fn len(&self) -> usize {
+        fn targets(&self) -> usize {
             self.down.len()
         }
         fn available(&self, i: usize) -> bool {
@@ -331,7 +328,7 @@ mod tests {
     }
 
     fn counts(b: &mut Balancer, c: &Fixed, picks: usize) -> Vec<usize> {
-        let mut counts = vec![0; c.len()];
+        let mut counts = vec![0; c.targets()];
         for k in 0..picks {
             counts[b.pick(c, key_hash(&k.to_le_bytes())).unwrap()] += 1;
         }
@@ -417,7 +414,7 @@ mod tests {
         let names: Vec<String> = (0..7).map(|i| format!("10.0.0.{i}:80")).collect();
         let table = Maglev::new(&names);
         let mut per = [0usize; 7];
-        for slot in 0..table.len() {
+        for slot in 0..table.slots() {
             per[table.at(slot).unwrap()] += 1;
         }
         let even = MAGLEV_SIZE as f64 / 7.0;

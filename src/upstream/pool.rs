@@ -1,6 +1,6 @@
-//! Per-worker keep-alive pools of upstream connections, one per target, and round-robin target
-//! choice. Nothing here is shared with another worker: a connection opened by this worker is
-//! only ever reused by it.
+//! Per-worker keep-alive pools of upstream connections, one per target (target choice is
+//! `balance`'s). Nothing here is shared with another worker: a connection opened by this
+//! worker is only ever reused by it.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -26,23 +26,9 @@ struct Idle {
 #[derive(Default)]
 pub struct Pool {
     idle: RefCell<ahash::AHashMap<SocketAddr, Vec<Idle>>>,
-    /// Round-robin cursor per upstream name.
-    cursors: RefCell<ahash::AHashMap<String, usize>>,
 }
 
 impl Pool {
-    /// The next target of `upstream` in round-robin order.
-    pub fn pick(&self, upstream: &str, targets: &[SocketAddr]) -> Option<SocketAddr> {
-        let mut cursors = self.cursors.borrow_mut();
-        let i = match cursors.get_mut(upstream) {
-            Some(i) => i,
-            None => cursors.entry(upstream.to_owned()).or_default(),
-        };
-        let target = targets.get(*i % targets.len().max(1)).copied();
-        *i = i.wrapping_add(1);
-        target
-    }
-
     /// The most recently used idle connection to `target` that is younger than
     /// `idle_timeout` at `now`; older ones are closed on the way.
     pub fn take(

@@ -213,7 +213,7 @@ struct View<'a> {
 }
 
 impl Candidates for View<'_> {
-    fn len(&self) -> usize {
+    fn targets(&self) -> usize {
         self.targets.len()
     }
 
