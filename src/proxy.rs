@@ -976,12 +976,12 @@ async fn forward(w: &Worker, c: ClientSide<'_>, s: &mut Scratch, ctx: &ForwardCt
                     // Deadlines and the upstream time count from here, not from the request.
                     w.now();
                     Metrics::add(&w.metrics.upstream_connects);
-                    Upstream {
+                    Box::new(Upstream {
                         wire: Wire::new(stream, 16 * 1024),
                         target: addr,
                         requests: 0,
                         reused: false,
-                    }
+                    })
                 })
             }
         };
