@@ -35,12 +35,7 @@ pub struct Pool {
 impl Pool {
     /// The most recently used idle connection to `target` that is younger than
     /// `idle_timeout` at `now`; older ones are closed on the way.
-    pub fn take(
-        &self,
-        target: SocketAddr,
-        idle_timeout: Duration,
-        now: Instant,
-    ) -> Option<Conn> {
+    pub fn take(&self, target: SocketAddr, idle_timeout: Duration, now: Instant) -> Option<Conn> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&target)?;
         while let Some(entry) = list.pop() {
