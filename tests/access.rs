@@ -45,6 +45,14 @@ fn upstream() -> Upstream {
     })
 }
 
+/// The gateway with `workers` workers and one upstream, `api`, in front of `up`, and `routes`.
+fn start(up: &Upstream, workers: usize, routes: &str) -> Gateway {
+    Gateway::start(&format!(
+        "[server]\nlisten = [\"{{listen}}\"]\nworkers = {workers}\n\n[upstreams.api]\ntargets = [\"{}\"]\n\n{routes}",
+        up.addr
+    ))
+}
+
 fn get(gw: &Gateway, path: &str, extra: &str) -> (u16, String) {
     let raw = format!("GET {path} HTTP/1.1\r\nHost: api\r\n{extra}\r\n");
     let (status, head, _) = exchange(gw, raw.as_bytes());
@@ -54,15 +62,9 @@ fn get(gw: &Gateway, path: &str, extra: &str) -> (u16, String) {
 #[test]
 fn ip_filters_refuse_before_the_upstream_sees_anything() {
     let up = upstream();
-    let toml = format!(
+    let workers = 1;
+    let routes = format!(
         r#"
-[server]
-listen = ["{{listen}}"]
-workers = 1
-
-[upstreams.api]
-targets = ["{up}"]
-
 [[routes]]
 path_prefix = "/denied/"
 upstream = "api"
@@ -77,10 +79,9 @@ ip = {{ allow = ["127.0.0.1/32", "::1"] }}
 path_prefix = "/elsewhere/"
 upstream = "api"
 ip = {{ allow = ["10.0.0.0/8"] }}
-"#,
-        up = up.addr
+"#
     );
-    let gw = Gateway::start(&toml);
+    let gw = start(&up, workers, &routes);
     assert_eq!(get(&gw, "/denied/x", "").0, 403);
     assert_eq!(get(&gw, "/elsewhere/x", "").0, 403);
     assert_eq!(get(&gw, "/allowed/x", "").0, 200);
@@ -102,15 +103,9 @@ ip = {{ allow = ["10.0.0.0/8"] }}
 #[test]
 fn cors_preflights_are_answered_by_the_gateway() {
     let up = upstream();
-    let toml = format!(
+    let workers = 1;
+    let routes = format!(
         r#"
-[server]
-listen = ["{{listen}}"]
-workers = 1
-
-[upstreams.api]
-targets = ["{up}"]
-
 [[routes]]
 path_prefix = "/v1/"
 methods = ["GET", "POST"]
@@ -121,10 +116,9 @@ cors = {{ origins = ["https://app.example.com", "https://*.example.org"], method
 path_prefix = "/v2/"
 upstream = "api"
 cors = {{ origins = ["https://app.example.com"], methods = ["GET"] }}
-"#,
-        up = up.addr
+"#
     );
-    let gw = Gateway::start(&toml);
+    let gw = start(&up, workers, &routes);
     let preflight = |origin: &str, method: &str| {
         let raw = format!(
             "OPTIONS /v1/items HTTP/1.1\r\nHost: api\r\nOrigin: {origin}\r\nAccess-Control-Request-Method: {method}\r\nAccess-Control-Request-Headers: authorization\r\n\r\n"
@@ -183,24 +177,17 @@ fn api_keys_pass_refuse_and_follow_the_key_file_on_reload() {
         )
         .as_bytes(),
     );
-    let toml = format!(
+    let workers = 2;
+    let routes = format!(
         r#"
-[server]
-listen = ["{{listen}}"]
-workers = 2
-
-[upstreams.api]
-targets = ["{up}"]
-
 [[routes]]
 path_prefix = "/"
 upstream = "api"
 auth = {{ api_keys = "{keys}", header = "X-API-Key", forward_as = "X-Api-Key-Name" }}
 "#,
-        up = up.addr,
         keys = keys.path.display()
     );
-    let mut gw = Gateway::start(&toml);
+    let mut gw = start(&up, workers, &routes);
     let (status, _) = get(
         &gw,
         "/a",
@@ -288,15 +275,9 @@ fn b64(bytes: &[u8]) -> String {
 fn jwts_are_verified_and_their_claims_forwarded() {
     let up = upstream();
     let secret = TempFile::new("secret", b"an-hs256-secret-of-at-least-32-bytes!!");
-    let toml = format!(
+    let workers = 1;
+    let routes = format!(
         r#"
-[server]
-listen = ["{{listen}}"]
-workers = 1
-
-[upstreams.api]
-targets = ["{up}"]
-
 [[routes]]
 path_prefix = "/rs/"
 upstream = "api"
@@ -315,11 +296,10 @@ path_prefix = "/hs/"
 upstream = "api"
 auth = {{ jwt = {{ algorithms = ["HS256"], secret_file = "{secret}" }} }}
 "#,
-        up = up.addr,
         public = data("rsa-public.pem"),
         secret = secret.path.display()
     );
-    let gw = Gateway::start(&toml);
+    let gw = start(&up, workers, &routes);
     let rsa = EncodingKey::from_rsa_pem(&std::fs::read(data("rsa-private.pem")).unwrap()).unwrap();
     let rsa2 =
         EncodingKey::from_rsa_pem(&std::fs::read(data("rsa2-private.pem")).unwrap()).unwrap();
@@ -409,24 +389,17 @@ auth = {{ jwt = {{ algorithms = ["HS256"], secret_file = "{secret}" }} }}
 #[test]
 fn header_edits_apply_both_ways() {
     let up = upstream();
-    let toml = format!(
+    let workers = 1;
+    let routes = format!(
         r#"
-[server]
-listen = ["{{listen}}"]
-workers = 1
-
-[upstreams.api]
-targets = ["{up}"]
-
 [[routes]]
 path_prefix = "/"
 upstream = "api"
 request_headers = {{ set = {{ "X-Gateway" = "rg", "X-Tenant" = "t1" }}, remove = ["X-Debug"] }}
 response_headers = {{ set = {{ "Strict-Transport-Security" = "max-age=600" }}, remove = ["X-Powered-By"] }}
-"#,
-        up = up.addr
+"#
     );
-    let gw = Gateway::start(&toml);
+    let gw = start(&up, workers, &routes);
     let (status, head) = get(
         &gw,
         "/",
