@@ -63,24 +63,22 @@ fn get(gw: &Gateway, path: &str, extra: &str) -> (u16, String) {
 fn ip_filters_refuse_before_the_upstream_sees_anything() {
     let up = upstream();
     let workers = 1;
-    let routes = format!(
-        r#"
+    let routes = r#"
 [[routes]]
 path_prefix = "/denied/"
 upstream = "api"
-ip = {{ deny = ["127.0.0.0/8"] }}
+ip = { deny = ["127.0.0.0/8"] }
 
 [[routes]]
 path_prefix = "/allowed/"
 upstream = "api"
-ip = {{ allow = ["127.0.0.1/32", "::1"] }}
+ip = { allow = ["127.0.0.1/32", "::1"] }
 
 [[routes]]
 path_prefix = "/elsewhere/"
 upstream = "api"
-ip = {{ allow = ["10.0.0.0/8"] }}
-"#
-    );
+ip = { allow = ["10.0.0.0/8"] }
+"#;
     let gw = start(&up, workers, &routes);
     assert_eq!(get(&gw, "/denied/x", "").0, 403);
     assert_eq!(get(&gw, "/elsewhere/x", "").0, 403);
@@ -104,20 +102,18 @@ ip = {{ allow = ["10.0.0.0/8"] }}
 fn cors_preflights_are_answered_by_the_gateway() {
     let up = upstream();
     let workers = 1;
-    let routes = format!(
-        r#"
+    let routes = r#"
 [[routes]]
 path_prefix = "/v1/"
 methods = ["GET", "POST"]
 upstream = "api"
-cors = {{ origins = ["https://app.example.com", "https://*.example.org"], methods = ["GET", "POST"], headers = ["Authorization"], expose_headers = ["X-Backend"], max_age = "10m" }}
+cors = { origins = ["https://app.example.com", "https://*.example.org"], methods = ["GET", "POST"], headers = ["Authorization"], expose_headers = ["X-Backend"], max_age = "10m" }
 
 [[routes]]
 path_prefix = "/v2/"
 upstream = "api"
-cors = {{ origins = ["https://app.example.com"], methods = ["GET"] }}
-"#
-    );
+cors = { origins = ["https://app.example.com"], methods = ["GET"] }
+"#;
     let gw = start(&up, workers, &routes);
     let preflight = |origin: &str, method: &str| {
         let raw = format!(
@@ -178,12 +174,11 @@ fn api_keys_pass_refuse_and_follow_the_key_file_on_reload() {
         .as_bytes(),
     );
     let workers = 2;
-    let routes = format!(
-        r#"
+    let routes = r#"
 [[routes]]
 path_prefix = "/"
 upstream = "api"
-auth = {{ api_keys = "{keys}", header = "X-API-Key", forward_as = "X-Api-Key-Name" }}
+auth = { api_keys = "{keys}", header = "X-API-Key", forward_as = "X-Api-Key-Name" }
 "#,
         keys = keys.path.display()
     );
@@ -289,12 +284,12 @@ issuer = "https://id.example.com"
 audience = "api"
 leeway = "5s"
 required_scopes = ["read"]
-claims_to_headers = {{ sub = "X-User-Id" }}
+claims_to_headers = { sub = "X-User-Id" }
 
 [[routes]]
 path_prefix = "/hs/"
 upstream = "api"
-auth = {{ jwt = {{ algorithms = ["HS256"], secret_file = "{secret}" }} }}
+auth = { jwt = { algorithms = ["HS256"], secret_file = "{secret}" } }
 "#,
         public = data("rsa-public.pem"),
         secret = secret.path.display()
@@ -395,10 +390,9 @@ fn header_edits_apply_both_ways() {
 [[routes]]
 path_prefix = "/"
 upstream = "api"
-request_headers = {{ set = {{ "X-Gateway" = "rg", "X-Tenant" = "t1" }}, remove = ["X-Debug"] }}
-response_headers = {{ set = {{ "Strict-Transport-Security" = "max-age=600" }}, remove = ["X-Powered-By"] }}
-"#
-    );
+request_headers = { set = { "X-Gateway" = "rg", "X-Tenant" = "t1" }, remove = ["X-Debug"] }
+response_headers = { set = { "Strict-Transport-Security" = "max-age=600" }, remove = ["X-Powered-By"] }
+"#;
     let gw = start(&up, workers, &routes);
     let (status, head) = get(
         &gw,
