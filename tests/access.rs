@@ -79,7 +79,7 @@ path_prefix = "/elsewhere/"
 upstream = "api"
 ip = { allow = ["10.0.0.0/8"] }
 "#;
-    let gw = start(&up, workers, &routes);
+    let gw = start(&up, workers, routes);
     assert_eq!(get(&gw, "/denied/x", "").0, 403);
     assert_eq!(get(&gw, "/elsewhere/x", "").0, 403);
     assert_eq!(get(&gw, "/allowed/x", "").0, 200);
@@ -114,7 +114,7 @@ path_prefix = "/v2/"
 upstream = "api"
 cors = { origins = ["https://app.example.com"], methods = ["GET"] }
 "#;
-    let gw = start(&up, workers, &routes);
+    let gw = start(&up, workers, routes);
     let preflight = |origin: &str, method: &str| {
         let raw = format!(
             "OPTIONS /v1/items HTTP/1.1\r\nHost: api\r\nOrigin: {origin}\r\nAccess-Control-Request-Method: {method}\r\nAccess-Control-Request-Headers: authorization\r\n\r\n"
@@ -174,11 +174,12 @@ fn api_keys_pass_refuse_and_follow_the_key_file_on_reload() {
         .as_bytes(),
     );
     let workers = 2;
-    let routes = r#"
+    let routes = format!(
+        r#"
 [[routes]]
 path_prefix = "/"
 upstream = "api"
-auth = { api_keys = "{keys}", header = "X-API-Key", forward_as = "X-Api-Key-Name" }
+auth = {{ api_keys = "{keys}", header = "X-API-Key", forward_as = "X-Api-Key-Name" }}
 "#,
         keys = keys.path.display()
     );
@@ -284,12 +285,12 @@ issuer = "https://id.example.com"
 audience = "api"
 leeway = "5s"
 required_scopes = ["read"]
-claims_to_headers = { sub = "X-User-Id" }
+claims_to_headers = {{ sub = "X-User-Id" }}
 
 [[routes]]
 path_prefix = "/hs/"
 upstream = "api"
-auth = { jwt = { algorithms = ["HS256"], secret_file = "{secret}" } }
+auth = {{ jwt = {{ algorithms = ["HS256"], secret_file = "{secret}" }} }}
 "#,
         public = data("rsa-public.pem"),
         secret = secret.path.display()
@@ -385,15 +386,14 @@ auth = { jwt = { algorithms = ["HS256"], secret_file = "{secret}" } }
 fn header_edits_apply_both_ways() {
     let up = upstream();
     let workers = 1;
-    let routes = format!(
-        r#"
+    let routes = r#"
 [[routes]]
 path_prefix = "/"
 upstream = "api"
 request_headers = { set = { "X-Gateway" = "rg", "X-Tenant" = "t1" }, remove = ["X-Debug"] }
 response_headers = { set = { "Strict-Transport-Security" = "max-age=600" }, remove = ["X-Powered-By"] }
 "#;
-    let gw = start(&up, workers, &routes);
+    let gw = start(&up, workers, routes);
     let (status, head) = get(
         &gw,
         "/",
