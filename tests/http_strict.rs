@@ -495,6 +495,46 @@ X-Forwarded-Host: api.example\r\nVia: 1.1 edge, 1.1 ringgate\r\n\r\n"
     );
 }
 
+/// Kept fields are copied as received, a run of adjacent ones at a time: odd but valid
+/// spacing survives, fields dropped between kept ones leave nothing behind, and the result
+/// parses to the same values.
+#[test]
+fn kept_fields_are_copied_as_received_around_dropped_ones() {
+    let raw = b"GET / HTTP/1.1\r\nX-A:a1\r\nHost: h\r\nX-B:\t b1 \t\r\nX-C: c1\r\n\
+Connection: close\r\nTE: trailers\r\nX-D: d1\r\n\r\n";
+    let mut head = RequestHead::new(&Limits::DEFAULT);
+    assert!(matches!(
+        head.parse(raw, &Limits::DEFAULT),
+        Ok(Status::Complete(_))
+    ));
+    let mut out = Vec::new();
+    let fwd = encode::Forward {
+        path: b"/",
+        host: b"h",
+        client_addr: b"127.0.0.1",
+        proto: b"http",
+        tunnel: false,
+        extra: b"",
+        omit: Some(&|name: &[u8]| name.eq_ignore_ascii_case(b"x-c")),
+    };
+    encode::request_head(&mut out, raw, &head, &fwd);
+    let text = String::from_utf8(out.clone()).unwrap();
+    assert!(
+        text.starts_with("GET / HTTP/1.1\r\nHost: h\r\nX-A:a1\r\nX-B:\t b1 \t\r\nX-D: d1\r\n"),
+        "{text:?}"
+    );
+    let mut again = RequestHead::new(&Limits::DEFAULT);
+    assert!(matches!(
+        again.parse(&out, &Limits::DEFAULT),
+        Ok(Status::Complete(_))
+    ));
+    assert_eq!(again.fields.get(&out, b"x-a"), Some(&b"a1"[..]));
+    assert_eq!(again.fields.get(&out, b"x-b"), Some(&b"b1"[..]));
+    assert_eq!(again.fields.get(&out, b"x-c"), None);
+    assert_eq!(again.fields.get(&out, b"te"), None);
+    assert_eq!(again.fields.get(&out, b"x-d"), Some(&b"d1"[..]));
+}
+
 #[test]
 fn transfer_encoding_is_forwarded_as_one_normalised_list() {
     let raw = b"POST /u HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip,, \r\nTransfer-Encoding: chunked,\r\n\r\n";
