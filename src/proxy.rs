@@ -71,7 +71,8 @@ pub struct Scratch {
     /// The request head, kept for the cache's admission check once the response arrives
     /// (the client buffer has moved on by then).
     pub request: Vec<u8>,
-    /// The X-Request-Id the gateway made for this request (empty when the client sent one).
+    /// The X-Request-Id the gateway made and sent upstream (empty when the client sent one, or
+    /// the request did not go upstream).
     pub request_id: Vec<u8>,
     /// Field lines the gateway adds to the request it forwards (X-Request-Id, identity).
     pub upstream_extra: Vec<u8>,
@@ -224,12 +225,6 @@ async fn answer(w: &Worker, snap: &Current, c: ClientSide<'_>, s: &mut Scratch) 
     s.served = Served::default();
     s.request_id.clear();
     s.upstream_extra.clear();
-    if head.fields.get(buf, b"x-request-id").is_none() {
-        w.request_id(&mut s.request_id);
-        s.upstream_extra.extend_from_slice(b"X-Request-Id: ");
-        s.upstream_extra.extend_from_slice(&s.request_id);
-        s.upstream_extra.extend_from_slice(b"\r\n");
-    }
     // The global address filter comes before anything else.
     if !server.ip.permits(c.ip) {
         return reject(w, c, s, Error::IpDenied, server.max_body).await;
@@ -378,6 +373,14 @@ async fn answer(w: &Worker, snap: &Current, c: ClientSide<'_>, s: &mut Scratch) 
                 .as_deref()
                 .map(str::as_bytes)
                 .unwrap_or(head.host(buf));
+            // An id for the upstream when the client sent none (made only for requests that
+            // go upstream; the access log makes its own for the others).
+            if head.fields.get(buf, b"x-request-id").is_none() {
+                w.request_id(&mut s.request_id);
+                s.upstream_extra.extend_from_slice(b"X-Request-Id: ");
+                s.upstream_extra.extend_from_slice(&s.request_id);
+                s.upstream_extra.extend_from_slice(b"\r\n");
+            }
             s.out.clear();
             let omit_request = policy.map(|p| |name: &[u8]| p.drops_request_header(name));
             let fwd = Forward {

@@ -181,8 +181,16 @@ impl Pending {
         self.http10 = head.version == Version::Http10;
     }
 
-    fn record(&self, w: &Worker, client: &[u8], s: &Scratch, duration: Duration) {
+    fn record(&mut self, w: &Worker, client: &[u8], s: &Scratch, duration: Duration) {
         let served = &s.served;
+        // The client's id, else the one sent upstream, else a new one.
+        if self.request_id.is_empty() {
+            if s.request_id.is_empty() {
+                w.request_id(&mut self.request_id);
+            } else {
+                self.request_id.extend_from_slice(&s.request_id);
+            }
+        }
         let entry = Entry {
             client,
             method: &self.method,
@@ -201,11 +209,7 @@ impl Pending {
                 served.cache
             },
             // The client's, or the one the gateway made and sent upstream.
-            request_id: if self.request_id.is_empty() {
-                &s.request_id
-            } else {
-                &self.request_id
-            },
+            request_id: &self.request_id,
             referer: &self.referer,
             user_agent: &self.user_agent,
         };
