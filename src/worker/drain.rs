@@ -3,7 +3,6 @@
 //! connection has closed. Single-threaded (`Cell`/`RefCell`), so nothing here is atomic.
 
 use std::cell::{Cell, RefCell};
-use std::collections::hash_map::Entry;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -32,7 +31,11 @@ impl Drain {
     /// Resolves once the drain has started; `id` must be unique among concurrent waiters. The
     /// future may be polled again after each time it was left pending (a connection keeps one).
     pub fn started(&self, id: u64) -> Started<'_> {
-        Started { drain: self, id }
+        Started {
+            drain: self,
+            id,
+            registered: None,
+        }
     }
 
     pub fn connections(&self) -> usize {
@@ -61,26 +64,32 @@ impl Drain {
 pub struct Started<'a> {
     drain: &'a Drain,
     id: u64,
+    /// The waker last put in the drain's map for `id`.
+    registered: Option<Waker>,
 }
 
 impl Future for Started<'_> {
     type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         if self.drain.is_draining() {
             return Poll::Ready(());
         }
-        // A connection polls this once per idle read, with the same task's waker each time.
-        match self.drain.waiting.borrow_mut().entry(self.id) {
-            Entry::Occupied(mut held) => {
-                if !held.get().will_wake(cx.waker()) {
-                    held.insert(cx.waker().clone());
-                }
-            }
-            Entry::Vacant(slot) => {
-                slot.insert(cx.waker().clone());
-            }
+        // A connection polls this once per idle read, with the same task's waker each time:
+        // registered once, it skips the map.
+        if self
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
         }
+        let waker = cx.waker().clone();
+        self.drain
+            .waiting
+            .borrow_mut()
+            .insert(self.id, waker.clone());
+        self.registered = Some(waker);
         Poll::Pending
     }
 }
