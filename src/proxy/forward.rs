@@ -386,18 +386,7 @@ pub(super) async fn overloaded(
     w.metrics.error(e.label());
     tracing::info!(worker = w.id, upstream = %ctx.up.name, limit = limit.label(), "circuit breaker open: 503");
     s.extra.extend_from_slice(RETRY_AFTER);
-    s.chunk.clear();
-    encode::error_body(&mut s.chunk, e.status());
-    let g = Generated {
-        status: e.status(),
-        content_type: b"text/plain",
-        body: &s.chunk,
-        extra: &s.extra,
-        keep_alive: ctx.keep_alive,
-        client_version: c.head.version,
-        head_only: c.head.method == Method::Head,
-    };
-    respond_generated(w, c, (&mut s.out, &mut s.served), &g, ctx.max_body).await
+    answer_error(w, c, s, e, ctx.keep_alive, ctx.max_body).await
 }
 
 pub(super) async fn connect(target: SocketAddr, timeout: Duration) -> Result<TcpStream, Error> {

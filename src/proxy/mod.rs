@@ -397,6 +397,19 @@ pub async fn reject(
         "request rejected"
     );
     let keep_alive = c.head.keep_alive() && !w.drain.is_draining();
+    answer_error(w, c, s, e, keep_alive, max_body).await
+}
+
+/// Answers with the error's status page and the lines in `s.extra` (the caller has counted
+/// and logged it).
+async fn answer_error(
+    w: &Worker,
+    c: ClientSide<'_>,
+    s: &mut Scratch,
+    e: Error,
+    keep_alive: bool,
+    max_body: u64,
+) -> Next {
     s.chunk.clear();
     encode::error_body(&mut s.chunk, e.status());
     let g = Generated {
