@@ -336,3 +336,117 @@ impl Acceptor {
 pub fn new_ticketer() -> Option<Arc<dyn ProducesTickets>> {
     rustls::crypto::ring::Ticketer::new().ok()
 }
+
+/// `upstreams.NAME.tls`: verified TLS to an upstream's targets. The CA bundle is read and the
+/// rustls `ClientConfig` built at config load (so a reload re-reads the bundle), never per
+/// connection. Only the roots in `ca` are trusted: this build has no access to the system's.
+///
+/// Protocol choices, as for listeners: TLS 1.2 and 1.3, the ring provider's default suites,
+/// ALPN `http/1.1`, and rustls' default client session cache (resumption across connections,
+/// shared by the workers: one short lock per new connection, never per request).
+#[derive(Clone)]
+pub struct Connector {
+    /// The PEM bundle of trusted roots, as resolved.
+    pub ca: PathBuf,
+    /// The configured `server_name`; None: each target's IP address is the name verified.
+    pub server_name: Option<String>,
+    name: Option<rustls::pki_types::ServerName<'static>>,
+    pub config: Arc<rustls::ClientConfig>,
+    /// A digest of the bundle and the name: equal for an unchanged reload, and part of the
+    /// connection pool's key, so a pooled connection is only reused by the settings that
+    /// verified it.
+    pub tag: u64,
+}
+
+impl Connector {
+    /// Reads the roots at `ca` and builds the client config; the error says what is wrong
+    /// with the file (the caller names the key).
+    pub fn load(ca: &Path, server_name: Option<&str>) -> Result<Connector, String> {
+        let name = server_name.map(parse_server_name).transpose()?;
+        let pem = std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{}: not valid PEM: {e}", ca.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "{}: no certificate in it (expected PEM \"BEGIN CERTIFICATE\" blocks of trusted roots)",
+                ca.display()
+            ));
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        for (i, cert) in certs.into_iter().enumerate() {
+            roots.add(cert).map_err(|e| {
+                format!(
+                    "{}: certificate {} cannot be a trusted root: {e}",
+                    ca.display(),
+                    i + 1
+                )
+            })?;
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| format!("TLS configuration refused by rustls: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut seed = pem;
+        seed.push(0);
+        seed.extend_from_slice(server_name.unwrap_or_default().as_bytes());
+        let d = digest(&seed);
+        let mut tag = [0u8; 8];
+        tag.copy_from_slice(&d[..8]);
+        Ok(Connector {
+            ca: ca.to_path_buf(),
+            server_name: server_name.map(str::to_string),
+            name,
+            config: Arc::new(config),
+            // Never 0: the pool's key for plain connections.
+            tag: u64::from_le_bytes(tag) | 1,
+        })
+    }
+
+    /// The name to verify the certificate of `target` against (and to send as SNI when it
+    /// is a DNS name).
+    pub fn server_name_for(
+        &self,
+        target: std::net::SocketAddr,
+    ) -> rustls::pki_types::ServerName<'static> {
+        match &self.name {
+            Some(name) => name.clone(),
+            None => rustls::pki_types::ServerName::IpAddress(target.ip().into()),
+        }
+    }
+}
+
+/// A DNS name or an IP address, as certificates name them.
+pub fn parse_server_name(text: &str) -> Result<rustls::pki_types::ServerName<'static>, String> {
+    rustls::pki_types::ServerName::try_from(text.to_string())
+        .map_err(|_| format!("`{text}` is neither a DNS name nor an IP address"))
+}
+
+impl PartialEq for Connector {
+    fn eq(&self, other: &Connector) -> bool {
+        self.ca == other.ca && self.server_name == other.server_name && self.tag == other.tag
+    }
+}
+
+impl Eq for Connector {}
+
+impl fmt::Debug for Connector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connector")
+            .field("ca", &self.ca)
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// For `/config`: the bundle's path and the name (nothing secret is in either).
+impl Serialize for Connector {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("Connector", 2)?;
+        s.serialize_field("ca", &self.ca)?;
+        s.serialize_field("server_name", &self.server_name)?;
+        s.end()
+    }
+}

@@ -1,7 +1,9 @@
 //! One TLS connection on a monoio socket: the rustls state machine with its ciphertext
-//! buffers, driven by owned-buffer reads and writes (as io_uring requires). [`Wire`] calls it
-//! to move plaintext in and out, the connection task to shake hands and say goodbye, and
-//! [`tunnel`] to relay a TLS client to a plain upstream after a protocol switch.
+//! buffers, driven by owned-buffer reads and writes (as io_uring requires). The session is
+//! either side: a client accepted on a TLS listener (server), or a connection to an upstream
+//! with `tls` (client). [`Wire`] calls it to move plaintext in and out, the connection task
+//! and the upstream connect to shake hands, and [`tunnel`] to relay a TLS client to a plain
+//! upstream after a protocol switch (upgrades to a TLS upstream are refused before that).
 //!
 //! Buffers are allocated once per connection and reused: ciphertext is read into `rx` and
 //! handed to rustls, plaintext is copied straight into the caller's receive buffer, and
@@ -14,9 +16,9 @@ use std::io::{self, BufRead, Write};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
-use rustls::ServerConnection;
+use rustls::{ClientConnection, Connection, ServerConnection};
 
-use super::Acceptor;
+use super::{Acceptor, Connector};
 
 /// Room for one whole TLS record (16 KiB of payload plus header and AEAD overhead), so one
 /// read can complete a record.
@@ -25,8 +27,10 @@ const RX_CAPACITY: usize = 16 * 1024 + 512;
 /// Why a handshake did not complete: the label of `ringgate_tls_handshake_failures_total`.
 pub type Failure = &'static str;
 
+/// Either side of TLS: a client connection accepted on a TLS listener (server session), or
+/// a connection to a TLS upstream (client session). The state machine is rustls' either way.
 pub struct Session {
-    conn: ServerConnection,
+    conn: Connection,
     /// Ciphertext read from the socket and not yet given to rustls: `rx[rx_pos..]`.
     rx: Vec<u8>,
     rx_pos: usize,
@@ -37,7 +41,22 @@ pub struct Session {
 impl Session {
     pub fn new(acceptor: &Acceptor) -> Result<Session, rustls::Error> {
         Ok(Session {
-            conn: ServerConnection::new(std::sync::Arc::clone(&acceptor.config))?,
+            conn: ServerConnection::new(std::sync::Arc::clone(&acceptor.config))?.into(),
+            rx: Vec::with_capacity(RX_CAPACITY),
+            rx_pos: 0,
+            tx: Vec::new(),
+        })
+    }
+
+    /// The client side of a connection to a TLS upstream at `target` (whose IP address is
+    /// the name verified when the upstream sets no `server_name`).
+    pub fn client(
+        connector: &Connector,
+        target: std::net::SocketAddr,
+    ) -> Result<Session, rustls::Error> {
+        let name = connector.server_name_for(target);
+        Ok(Session {
+            conn: ClientConnection::new(std::sync::Arc::clone(&connector.config), name)?.into(),
             rx: Vec::with_capacity(RX_CAPACITY),
             rx_pos: 0,
             tx: Vec::new(),
@@ -220,7 +239,24 @@ fn reason(e: &rustls::Error) -> Failure {
         Error::AlertReceived(_) => "alert_received",
         Error::PeerMisbehaved(_) => "misbehaved",
         Error::DecryptError => "decrypt",
+        // The peer's certificate did not verify (only a client session verifies one).
+        Error::InvalidCertificate(e) => certificate_reason(e),
         _ => "other",
+    }
+}
+
+fn certificate_reason(e: &rustls::CertificateError) -> Failure {
+    use rustls::CertificateError;
+    match e {
+        CertificateError::UnknownIssuer => "unknown_issuer",
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+            "name_mismatch"
+        }
+        CertificateError::Expired
+        | CertificateError::ExpiredContext { .. }
+        | CertificateError::NotValidYet
+        | CertificateError::NotValidYetContext { .. } => "expired",
+        _ => "bad_certificate",
     }
 }
 
