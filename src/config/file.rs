@@ -127,6 +127,43 @@ pub(crate) struct UpstreamFile {
     pub(crate) outlier: Option<OutlierFile>,
     pub(crate) breaker: Option<BreakerFile>,
     pub(crate) retries: Option<RetriesFile>,
+    /// `tls = { ca = "PATH", server_name = "NAME" }`, or `tls = true` (which is refused with a
+    /// message: there are no system roots to verify against).
+    pub(crate) tls: Option<Spanned<UpstreamTlsFile>>,
+}
+
+/// `upstreams.NAME.tls`: a flag or a table.
+#[derive(Debug)]
+pub(crate) enum UpstreamTlsFile {
+    Flag(bool),
+    Table(UpstreamTlsTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpstreamTlsTable {
+    pub(crate) ca: Option<Spanned<String>>,
+    pub(crate) server_name: Option<Spanned<String>>,
+}
+
+impl<'de> Deserialize<'de> for UpstreamTlsFile {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<UpstreamTlsFile, D::Error> {
+        struct TlsVisitor;
+        impl<'de> Visitor<'de> for TlsVisitor {
+            type Value = UpstreamTlsFile;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("`{ ca = \"PATH\", server_name = \"NAME\" }` or a boolean")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<UpstreamTlsFile, E> {
+                Ok(UpstreamTlsFile::Flag(v))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<UpstreamTlsFile, A::Error> {
+                UpstreamTlsTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(UpstreamTlsFile::Table)
+            }
+        }
+        deserializer.deserialize_any(TlsVisitor)
+    }
 }
 
 /// `health = { path, interval, timeout, healthy, unhealthy, expect_status }`.

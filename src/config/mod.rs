@@ -228,6 +228,8 @@ pub struct Admin {
 pub struct Upstream {
     pub name: String,
     pub kind: UpstreamKind,
+    /// `tls = { ca, server_name }`: connections to the targets speak verified TLS.
+    pub tls: Option<crate::tls::Connector>,
     pub balance: Balance,
     /// One per target, in `targets` order (`{ addr, weight }`, default 1); only
     /// [`Balance::Weighted`] reads them. Empty for a builtin upstream.
@@ -615,6 +617,12 @@ impl Config {
                             }
                         ),
                     }];
+                    if let Some(tls) = &upstream.tls {
+                        notes.push(match &tls.server_name {
+                            Some(name) => format!("tls ({name}, ca {})", tls.ca.display()),
+                            None => format!("tls (ca {})", tls.ca.display()),
+                        });
+                    }
                     if let Some(t) = upstream.timeout {
                         notes.push(format!("timeout {t:?}"));
                     }

@@ -14,7 +14,7 @@ use toml::{Spanned, Value};
 use super::file::{
     invalid, position, push_key, AdminFile, AuthFile, BreakerFile, CacheFile, CorsFile, File,
     HeadersFile, HealthFile, JwtFile, OutlierFile, RateLimitFile, RespondFile, RetriesFile,
-    RouteFile, ServerFile, TlsFile, UpstreamFile,
+    RouteFile, ServerFile, TlsFile, UpstreamFile, UpstreamTlsFile,
 };
 use super::{
     AccessLog, Action, Admin, Balance, Breaker, CacheSettings, Cidr, Config, ConfigError, Driver,
@@ -29,7 +29,7 @@ use crate::access::ip::{Block, CidrSet, IpFilter};
 use crate::access::jwt::{self, JwtError, JwtPolicy, JwtSettings, KeySource};
 use crate::access::{Auth, RoutePolicy};
 use crate::http::Limits;
-use crate::tls::{Certificate, Identity, ServerName, Which};
+use crate::tls::{Certificate, Connector, Identity, ServerName, Which};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -59,7 +59,7 @@ pub(crate) fn validate(
     named.sort_by_key(|(name, _)| name.span().start);
     let upstreams = named
         .iter()
-        .map(|(name, upstream)| self::upstream(&cx, name, upstream))
+        .map(|(name, upstream)| self::upstream(&cx, name, upstream, base))
         .collect::<Result<Vec<_>, _>>()?;
 
     let mut policies: Vec<(Spanned<String>, RateLimitFile)> =
@@ -918,7 +918,12 @@ fn admin(cx: &Cx, file: AdminFile) -> Result<Admin, ConfigError> {
     })
 }
 
-fn upstream(cx: &Cx, name: &Spanned<String>, file: &UpstreamFile) -> Result<Upstream, ConfigError> {
+fn upstream(
+    cx: &Cx,
+    name: &Spanned<String>,
+    file: &UpstreamFile,
+    base: Option<&Path>,
+) -> Result<Upstream, ConfigError> {
     let mut key = String::from("upstreams");
     push_key(&mut key, name.get_ref());
     let field = |field: &str| format!("{key}.{field}");
@@ -981,6 +986,7 @@ fn upstream(cx: &Cx, name: &Spanned<String>, file: &UpstreamFile) -> Result<Upst
                     "retries",
                     file.retries.as_ref().map(|r| retries_span(r, name)),
                 ),
+                ("tls", file.tls.as_ref().map(|t| t.span().start)),
             ];
             if let Some((k, Some(at))) = remote_only.iter().find(|(_, at)| at.is_some()) {
                 return Err(cx.error(*at, field(k), "only applies to upstreams with `targets`"));
@@ -1032,9 +1038,22 @@ fn upstream(cx: &Cx, name: &Spanned<String>, file: &UpstreamFile) -> Result<Upst
         )?),
     };
 
+    let tls = match &file.tls {
+        None => None,
+        Some(tls) => upstream_tls(cx, tls, &field("tls"), base)?,
+    };
+    if let (Some(_), Some(h)) = (&tls, &file.health) {
+        return Err(cx.error(
+            health_span(h, name),
+            field("health"),
+            "active health checks speak plain HTTP and cannot check a TLS upstream: remove `health` (`outlier` works with `tls`)",
+        ));
+    }
+
     Ok(Upstream {
         name: name.get_ref().clone(),
         kind,
+        tls,
         balance,
         weights,
         connect_timeout: duration(
@@ -1078,6 +1097,46 @@ fn upstream(cx: &Cx, name: &Spanned<String>, file: &UpstreamFile) -> Result<Upst
             Some(r) => Some(retries(cx, r, &field("retries"))?),
         },
     })
+}
+
+/// `tls = { ca = "PATH", server_name = "NAME" }`: the CA bundle is read and the client config
+/// built now (a reload re-reads it); `tls = false` is no TLS.
+fn upstream_tls(
+    cx: &Cx,
+    tls: &Spanned<UpstreamTlsFile>,
+    key: &str,
+    base: Option<&Path>,
+) -> Result<Option<Connector>, ConfigError> {
+    let table = match tls.get_ref() {
+        UpstreamTlsFile::Flag(false) => return Ok(None),
+        UpstreamTlsFile::Flag(true) => {
+            return Err(cx.at(
+                tls,
+                key,
+                "needs `ca`: the system's trusted roots are not available to the gateway; write `tls = { ca = \"PATH\" }` with a PEM bundle of the roots that signed the upstream's certificate",
+            ))
+        }
+        UpstreamTlsFile::Table(table) => table,
+    };
+    let Some(ca) = &table.ca else {
+        return Err(cx.at(
+            tls,
+            format!("{key}.ca"),
+            "is required: a PEM bundle of the roots that signed the upstream's certificate (the system's trusted roots are not available to the gateway)",
+        ));
+    };
+    let server_name = match &table.server_name {
+        None => None,
+        Some(name) => {
+            crate::tls::parse_server_name(name.get_ref())
+                .map_err(|e| cx.at(name, format!("{key}.server_name"), e))?;
+            Some(name.get_ref().as_str())
+        }
+    };
+    let path = resolve(base, ca.get_ref());
+    Connector::load(&path, server_name)
+        .map(Some)
+        .map_err(|e| cx.at(ca, format!("{key}.ca"), e))
 }
 
 /// Most weight one target may have: weights add up in 64-bit counters, and a ratio beyond
