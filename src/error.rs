@@ -48,6 +48,10 @@ pub enum Error {
     UpstreamClosed,
     #[error("upstream i/o error")]
     UpstreamIo,
+    /// The TLS handshake with the upstream failed (its certificate did not verify, no common
+    /// protocol, ...); the reason is logged.
+    #[error("upstream TLS handshake failed")]
+    UpstreamTls,
     #[error("upstream circuit breaker open")]
     BreakerOpen,
 }
@@ -80,7 +84,8 @@ impl Error {
             Error::UpstreamRefused
             | Error::UpstreamProtocol(_)
             | Error::UpstreamClosed
-            | Error::UpstreamIo => 502,
+            | Error::UpstreamIo
+            | Error::UpstreamTls => 502,
         }
     }
 
@@ -104,6 +109,7 @@ impl Error {
             Error::UpstreamProtocol(_) => "upstream_protocol",
             Error::UpstreamClosed => "upstream_closed",
             Error::UpstreamIo => "upstream_io",
+            Error::UpstreamTls => "upstream_tls",
             Error::BreakerOpen => "breaker_open",
         }
     }

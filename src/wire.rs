@@ -2,7 +2,8 @@
 //! of a connection (fill, look, consume, send, relay a range to another stream). Buffers are
 //! owned and handed to the kernel by value, as io_uring requires; nothing here parses.
 //!
-//! A client connection accepted on a TLS listener carries its [`Session`]: `fill` then puts
+//! A client connection accepted on a TLS listener, or a connection to an upstream with `tls`,
+//! carries its [`Session`]: `fill` then puts
 //! decrypted bytes in the receive buffer and the sends encrypt, so the pipeline sees plaintext
 //! either way. The plain path pays one test of an `Option` per call.
 
@@ -40,8 +41,8 @@ impl Wire {
         }
     }
 
-    /// A client connection on a TLS listener: shakes hands, then reads and writes plaintext
-    /// through `session`.
+    /// A client connection on a TLS listener, or a connection to a TLS upstream: shakes
+    /// hands, then reads and writes plaintext through `session`.
     pub fn with_tls(stream: TcpStream, capacity: usize, session: Session) -> Wire {
         Wire {
             tls: Some(Box::new(session)),

@@ -3,6 +3,7 @@
 //! `exchange`'s.
 
 use super::*;
+use crate::tls::session::Session;
 
 pub(super) struct ForwardCtx<'a> {
     pub(super) up: &'a UpstreamConfig,
@@ -46,9 +47,10 @@ impl Failure {
     /// The retry condition (`retries.on`) this failure meets, if any.
     fn condition(&self) -> Option<Condition> {
         match self {
-            Failure::Before(Error::UpstreamRefused | Error::UpstreamConnectTimeout) => {
-                Some(Condition::ConnectFailure)
-            }
+            // Nothing of the request left the gateway before a failed TLS handshake either.
+            Failure::Before(
+                Error::UpstreamRefused | Error::UpstreamConnectTimeout | Error::UpstreamTls,
+            ) => Some(Condition::ConnectFailure),
             Failure::Before(Error::UpstreamClosed | Error::UpstreamIo) | Failure::Stale => {
                 Some(Condition::Reset)
             }
@@ -67,6 +69,7 @@ impl Failure {
                     | Error::UpstreamTimeout
                     | Error::UpstreamClosed
                     | Error::UpstreamIo
+                    | Error::UpstreamTls
                     | Error::UpstreamProtocol(_)
             ),
             Failure::Retry(_) => true,
@@ -138,6 +141,12 @@ pub(super) async fn forward(
         }
     }
     let up = ctx.state;
+    // A protocol switch relays raw bytes to the upstream, which a TLS upstream's session
+    // cannot do (the tunnel encrypts one side only).
+    if head.wants_upgrade() && ctx.up.tls.is_some() {
+        return refuse_upgrade(w, c, s, ctx).await;
+    }
+    let tls_tag = ctx.up.tls.as_ref().map_or(0, |t| t.tag);
     // Circuit breaker: requests in flight to this upstream from this worker.
     let _request = match up.admit() {
         Ok(slot) => slot,
@@ -216,7 +225,7 @@ pub(super) async fn forward(
         let pooled = if tried_fresh {
             None
         } else {
-            w.pool.take(addr, ctx.up.idle_timeout, w.recent())
+            w.pool.take(addr, tls_tag, ctx.up.idle_timeout, w.recent())
         };
         let opened = match pooled {
             Some(conn) => {
@@ -227,13 +236,14 @@ pub(super) async fn forward(
                 let limit = try_deadline.map_or(ctx.up.connect_timeout, |d| {
                     d.saturating_duration_since(now).min(ctx.up.connect_timeout)
                 });
-                connect(addr, limit).await.map(|stream| {
+                open(w, ctx, addr, limit).await.map(|wire| {
                     // Deadlines and the upstream time count from here, not from the request.
                     w.now();
                     Metrics::add(&w.metrics.upstream_connects);
                     Box::new(Upstream {
-                        wire: Wire::new(stream, 16 * 1024),
+                        wire,
                         target: addr,
+                        tls: tls_tag,
                         requests: 0,
                         reused: false,
                     })
@@ -387,6 +397,55 @@ pub(super) async fn overloaded(
     tracing::info!(worker = w.id, upstream = %ctx.up.name, limit = limit.label(), "circuit breaker open: 503");
     s.extra.extend_from_slice(RETRY_AFTER);
     answer_error(w, c, s, e, ctx.keep_alive, ctx.max_body).await
+}
+
+/// A new connection to `target` within `limit`: TCP, then, for a TLS upstream, the verified
+/// handshake (both within the one limit). A failed handshake is logged with its reason.
+async fn open(
+    w: &Worker,
+    ctx: &ForwardCtx<'_>,
+    target: SocketAddr,
+    limit: Duration,
+) -> Result<Wire, Error> {
+    let Some(tls) = &ctx.up.tls else {
+        return connect(target, limit)
+            .await
+            .map(|s| Wire::new(s, 16 * 1024));
+    };
+    let began = std::time::Instant::now();
+    let stream = connect(target, limit).await?;
+    let session = match Session::client(tls, target) {
+        Ok(session) => session,
+        Err(e) => {
+            tracing::warn!(worker = w.id, upstream = %ctx.up.name, %target, error = %e, "upstream TLS session refused by rustls");
+            return Err(Error::UpstreamTls);
+        }
+    };
+    let mut wire = Wire::with_tls(stream, 16 * 1024, session);
+    let left = limit.saturating_sub(began.elapsed());
+    match monoio::time::timeout(left, wire.handshake()).await {
+        Ok(Ok(())) => Ok(wire),
+        Ok(Err(reason)) => {
+            tracing::warn!(worker = w.id, upstream = %ctx.up.name, %target, reason, "upstream TLS handshake failed");
+            Err(Error::UpstreamTls)
+        }
+        Err(_) => Err(Error::UpstreamConnectTimeout),
+    }
+}
+
+/// An upgrade (WebSocket) request to a TLS upstream: 502, counted and logged, and the
+/// connection closes (the request's body was not read).
+async fn refuse_upgrade(
+    w: &Worker,
+    c: ClientSide<'_>,
+    s: &mut Scratch,
+    ctx: &ForwardCtx<'_>,
+) -> Next {
+    let e = Error::UpstreamTls;
+    w.metrics.upstream_error(&ctx.up.name, e.label());
+    tracing::warn!(worker = w.id, upstream = %ctx.up.name, "protocol upgrade to a TLS upstream is not supported: 502");
+    c.wire.consume(c.head.len);
+    fail(w, c.wire, s, e, b"").await
 }
 
 pub(super) async fn connect(target: SocketAddr, timeout: Duration) -> Result<TcpStream, Error> {

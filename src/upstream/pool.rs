@@ -12,6 +12,11 @@ use crate::wire::Wire;
 pub struct Upstream {
     pub wire: Wire,
     pub target: SocketAddr,
+    /// 0 for a plain connection, else the [`Connector::tag`] of the TLS settings that
+    /// verified it: a connection is reused only by the same settings.
+    ///
+    /// [`Connector::tag`]: crate::tls::Connector::tag
+    pub tls: u64,
     /// Requests sent on it so far.
     pub requests: u32,
     /// It came from the pool (so it may have been closed by the upstream meanwhile).
@@ -29,15 +34,22 @@ struct Idle {
 
 #[derive(Default)]
 pub struct Pool {
-    idle: RefCell<ahash::AHashMap<SocketAddr, Vec<Idle>>>,
+    /// By target and TLS tag (0: plain).
+    idle: RefCell<ahash::AHashMap<(SocketAddr, u64), Vec<Idle>>>,
 }
 
 impl Pool {
-    /// The most recently used idle connection to `target` that is younger than
-    /// `idle_timeout` at `now`; older ones are closed on the way.
-    pub fn take(&self, target: SocketAddr, idle_timeout: Duration, now: Instant) -> Option<Conn> {
+    /// The most recently used idle connection to `target` with TLS tag `tls` (0: plain)
+    /// that is younger than `idle_timeout` at `now`; older ones are closed on the way.
+    pub fn take(
+        &self,
+        target: SocketAddr,
+        tls: u64,
+        idle_timeout: Duration,
+        now: Instant,
+    ) -> Option<Conn> {
         let mut idle = self.idle.borrow_mut();
-        let list = idle.get_mut(&target)?;
+        let list = idle.get_mut(&(target, tls))?;
         while let Some(entry) = list.pop() {
             if now.saturating_duration_since(entry.since) < idle_timeout {
                 let mut conn = entry.conn;
@@ -57,7 +69,7 @@ impl Pool {
     /// are already idle.
     pub fn put(&self, conn: Conn, max_idle: usize, now: Instant) {
         let mut idle = self.idle.borrow_mut();
-        let list = idle.entry(conn.target).or_default();
+        let list = idle.entry((conn.target, conn.tls)).or_default();
         if list.len() < max_idle {
             list.push(Idle { conn, since: now });
         }

@@ -260,6 +260,7 @@ async fn refuse(w: &Worker, client: &mut Wire, addr: &[u8], e: Error) {
 /// client goes through its session (`tls::session::tunnel`).
 async fn tunnel(client: Wire, upstream: Wire) {
     let (client, client_pending, session) = client.into_parts();
+    // The upstream is plain: `forward` refuses upgrades to a TLS upstream before sending.
     let (upstream, upstream_pending, _) = upstream.into_parts();
     if let Some(session) = session {
         return session::tunnel(session, client, client_pending, upstream, upstream_pending).await;
