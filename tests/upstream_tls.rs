@@ -1,0 +1,440 @@
+//! TLS to upstreams end to end: the real binary proxying to a rustls upstream made for the test
+//! (an rcgen CA and a leaf for `api.internal` and 127.0.0.1), with `upstreams.NAME.tls`. Every
+//! scenario runs on the io_uring driver and on epoll. The config checks at the end need no
+//! gateway.
+
+#[path = "common/gateway.rs"]
+mod gateway;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use gateway::{read_response, Gateway, TempFile, PATIENCE};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use ringgate::config::{self, ConfigError};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
+
+/// A test CA.
+struct Pki {
+    ca: rcgen::Certificate,
+    key: KeyPair,
+    /// The CA certificate as a PEM file (the gateway's `ca`).
+    pem: TempFile,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Each CA its own name: a stranger CA named like the real one would be taken for
+        // the issuer and fail on the signature instead of being unknown.
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("ringgate upstream test CA {n}"));
+        let ca = params.self_signed(&key).unwrap();
+        let pem = TempFile::new("pem", ca.pem().as_bytes());
+        Pki { ca, key, pem }
+    }
+
+    /// A leaf for `names` (DNS names or IP addresses), signed by this CA: (chain, key).
+    fn leaf(&self, names: &[&str]) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names.clone()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, names.join(" "));
+        let cert = params.signed_by(&key, &self.ca, &self.key).unwrap();
+        let key = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap();
+        (vec![cert.der().clone()], key)
+    }
+}
+
+/// A TLS upstream: answers every GET with 200 and `ok:PATH`, keeps connections alive, and
+/// counts TCP connections, completed handshakes and requests.
+struct TlsUpstream {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    handshakes: Arc<AtomicUsize>,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl TlsUpstream {
+    fn spawn(pki: &Pki) -> TlsUpstream {
+        let (chain, key) = pki.leaf(&["api.internal", "127.0.0.1"]);
+        let mut config =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let config = Arc::new(config);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = TlsUpstream {
+            addr,
+            connections: Arc::new(AtomicUsize::new(0)),
+            handshakes: Arc::new(AtomicUsize::new(0)),
+            requests: Arc::new(Mutex::new(Vec::new())),
+        };
+        let (c, h, r) = (
+            Arc::clone(&up.connections),
+            Arc::clone(&up.handshakes),
+            Arc::clone(&up.requests),
+        );
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(tcp) = stream else { continue };
+                c.fetch_add(1, Ordering::SeqCst);
+                let (config, h, r) = (Arc::clone(&config), Arc::clone(&h), Arc::clone(&r));
+                std::thread::spawn(move || serve(config, tcp, &h, &r));
+            }
+        });
+        up
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+fn serve(
+    config: Arc<ServerConfig>,
+    tcp: TcpStream,
+    handshakes: &AtomicUsize,
+    requests: &Mutex<Vec<String>>,
+) {
+    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut tls = StreamOwned::new(ServerConnection::new(config).unwrap(), tcp);
+    while tls.conn.is_handshaking() {
+        if tls.conn.complete_io(&mut tls.sock).is_err() {
+            return;
+        }
+    }
+    handshakes.fetch_add(1, Ordering::SeqCst);
+    let mut reader = BufReader::new(tls);
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let path = head.split(' ').nth(1).unwrap_or("?").to_string();
+        requests.lock().unwrap().push(head);
+        let body = format!("ok:{path}");
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let tls = reader.get_mut();
+        if tls.write_all(response.as_bytes()).is_err() || tls.flush().is_err() {
+            return;
+        }
+    }
+}
+
+/// The gateway's config: one upstream `secure` at `upstream` with `tls` as given.
+fn config(driver: &str, upstream: SocketAddr, tls: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = ["{{listen}}"]
+workers = 1
+pin = false
+driver = "{driver}"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[upstreams.secure]
+targets = ["{upstream}"]
+tls = {tls}
+read_timeout = "2s"
+
+[[routes]]
+path_prefix = "/"
+upstream = "secure"
+"#
+    )
+}
+
+struct Running {
+    gw: Gateway,
+    admin: SocketAddr,
+}
+
+fn start(driver: &str, upstream: SocketAddr, tls: &str) -> Running {
+    let mut gw = Gateway::start(&config(driver, upstream, tls));
+    let line = gw.wait_for_line("admin listening on ");
+    let admin = line
+        .rsplit("admin listening on ")
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    Running { gw, admin }
+}
+
+/// `tls = { ca = ..., server_name = ... }` for `pki`'s bundle.
+fn tls_with(pki: &Pki, server_name: Option<&str>) -> String {
+    match server_name {
+        Some(name) => format!(
+            "{{ ca = \"{}\", server_name = \"{name}\" }}",
+            pki.pem.path.display()
+        ),
+        None => format!("{{ ca = \"{}\" }}", pki.pem.path.display()),
+    }
+}
+
+/// One GET on `r`'s stream: (status, head, body).
+fn get<S: Read + Write>(r: &mut BufReader<S>, path: &str) -> (u16, String, Vec<u8>) {
+    write!(
+        r.get_mut(),
+        "GET {path} HTTP/1.1\r\nHost: api.example\r\n\r\n"
+    )
+    .unwrap();
+    r.get_mut().flush().unwrap();
+    read_response(r)
+}
+
+fn metrics(admin: SocketAddr) -> BTreeMap<String, f64> {
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let (_, _, body) = read_response(&mut BufReader::new(s));
+    String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn tls_errors(admin: SocketAddr) -> f64 {
+    let name = "ringgate_upstream_errors_total{upstream=\"secure\",reason=\"upstream_tls\"}";
+    metrics(admin).get(name).copied().unwrap_or(0.0)
+}
+
+/// Runs a scenario on both drivers: `mod name { io_uring, epoll }`.
+macro_rules! on_both_drivers {
+    ($($name:ident($driver:ident) $body:block)*) => {$(
+        mod $name {
+            use super::*;
+            fn scenario($driver: &str) $body
+            #[test]
+            fn io_uring() { scenario("io_uring") }
+            #[test]
+            fn epoll() { scenario("epoll") }
+        }
+    )*};
+}
+
+on_both_drivers! {
+    proxies_over_verified_tls_and_reuses_the_connection(driver) {
+        let pki = Pki::new();
+        let up = TlsUpstream::spawn(&pki);
+        let run = start(driver, up.addr, &tls_with(&pki, Some("api.internal")));
+        let mut client = BufReader::new(run.gw.connect());
+        let (status, _, body) = get(&mut client, "/one");
+        assert_eq!(status, 200);
+        assert_eq!(body, b"ok:/one");
+        let (status, _, body) = get(&mut client, "/two");
+        assert_eq!(status, 200);
+        assert_eq!(body, b"ok:/two");
+        // A second client connection takes the pooled upstream connection too.
+        let mut other = BufReader::new(run.gw.connect());
+        let (status, _, body) = get(&mut other, "/three");
+        assert_eq!((status, body.as_slice()), (200, &b"ok:/three"[..]));
+        assert_eq!(up.requests().len(), 3);
+        assert_eq!(up.connections.load(Ordering::SeqCst), 1, "one TLS connection upstream");
+        assert_eq!(up.handshakes.load(Ordering::SeqCst), 1);
+        assert_eq!(tls_errors(run.admin), 0.0);
+    }
+
+    verifies_the_target_ip_without_server_name(driver) {
+        let pki = Pki::new();
+        let up = TlsUpstream::spawn(&pki);
+        let run = start(driver, up.addr, &tls_with(&pki, None));
+        let mut client = BufReader::new(run.gw.connect());
+        let (status, _, body) = get(&mut client, "/ip");
+        assert_eq!((status, body.as_slice()), (200, &b"ok:/ip"[..]));
+    }
+
+    wrong_server_name_is_a_502_and_nothing_reaches_the_upstream(driver) {
+        let pki = Pki::new();
+        let up = TlsUpstream::spawn(&pki);
+        let mut run = start(driver, up.addr, &tls_with(&pki, Some("other.internal")));
+        let mut client = BufReader::new(run.gw.connect());
+        let (status, _, _) = get(&mut client, "/x");
+        assert_eq!(status, 502);
+        let line = run.gw.wait_for_line("upstream TLS handshake failed");
+        assert!(line.contains("name_mismatch"), "{line}");
+        assert!(up.requests().is_empty());
+        assert_eq!(up.handshakes.load(Ordering::SeqCst), 0);
+        assert_eq!(tls_errors(run.admin), 1.0);
+    }
+
+    a_ca_that_did_not_sign_the_leaf_is_a_502(driver) {
+        let pki = Pki::new();
+        let stranger = Pki::new();
+        let up = TlsUpstream::spawn(&pki);
+        let mut run = start(driver, up.addr, &tls_with(&stranger, Some("api.internal")));
+        let mut client = BufReader::new(run.gw.connect());
+        let (status, _, _) = get(&mut client, "/x");
+        assert_eq!(status, 502);
+        let line = run.gw.wait_for_line("upstream TLS handshake failed");
+        assert!(line.contains("unknown_issuer"), "{line}");
+        assert!(up.requests().is_empty());
+        assert_eq!(tls_errors(run.admin), 1.0);
+    }
+
+    an_upgrade_to_a_tls_upstream_is_refused(driver) {
+        let pki = Pki::new();
+        let up = TlsUpstream::spawn(&pki);
+        let run = start(driver, up.addr, &tls_with(&pki, Some("api.internal")));
+        let mut client = BufReader::new(run.gw.connect());
+        write!(
+            client.get_mut(),
+            "GET /ws HTTP/1.1\r\nHost: api.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
+        .unwrap();
+        let (status, _, _) = read_response(&mut client);
+        assert_eq!(status, 502);
+        assert!(up.requests().is_empty());
+        assert_eq!(tls_errors(run.admin), 1.0);
+    }
+}
+
+// ---- config checks: no gateway needed ----
+
+fn reject(text: &str) -> (usize, usize, String, String) {
+    match config::parse(text, "t.toml") {
+        Err(ConfigError::Invalid {
+            line,
+            column,
+            key,
+            message,
+            ..
+        }) => (line, column, key, message),
+        other => panic!("expected a rejection, got {other:?}\n{text}"),
+    }
+}
+
+fn upstream_with(lines: &str) -> String {
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:8080\"]\n\n[upstreams.secure]\ntargets = [\"127.0.0.1:9443\"]\n{lines}\n[[routes]]\npath_prefix = \"/\"\nupstream = \"secure\"\n"
+    )
+}
+
+#[test]
+fn config_errors_name_the_file_line_column_and_key() {
+    // Missing CA file.
+    let (line, column, key, message) = reject(&upstream_with(
+        "tls = { ca = \"/nonexistent/ca.pem\", server_name = \"api.internal\" }\n",
+    ));
+    assert_eq!(
+        (line, column, key.as_str()),
+        (6, 14, "upstreams.secure.tls.ca")
+    );
+    assert!(message.contains("/nonexistent/ca.pem"), "{message}");
+
+    // A file without certificates.
+    let empty = TempFile::new("pem", b"not a certificate\n");
+    let (line, column, key, message) = reject(&upstream_with(&format!(
+        "tls = {{ ca = \"{}\" }}\n",
+        empty.path.display()
+    )));
+    assert_eq!(
+        (line, column, key.as_str()),
+        (6, 14, "upstreams.secure.tls.ca")
+    );
+    assert!(message.contains("no certificate"), "{message}");
+
+    // `tls = true`: no system roots here.
+    let (line, column, key, message) = reject(&upstream_with("tls = true\n"));
+    assert_eq!((line, column, key.as_str()), (6, 7, "upstreams.secure.tls"));
+    assert!(message.contains("system"), "{message}");
+    assert!(message.contains("ca"), "{message}");
+
+    // A table without `ca`.
+    let (line, column, key, message) =
+        reject(&upstream_with("tls = { server_name = \"api.internal\" }\n"));
+    assert_eq!(
+        (line, column, key.as_str()),
+        (6, 7, "upstreams.secure.tls.ca")
+    );
+    assert!(message.contains("required"), "{message}");
+
+    // A name that is neither DNS nor IP.
+    let pki = Pki::new();
+    let (line, column, key, _) = reject(&upstream_with(&format!(
+        "tls = {{ ca = \"{}\", server_name = \"not a name\" }}\n",
+        pki.pem.path.display()
+    )));
+    assert_eq!(line, 6);
+    assert!(column > 14, "{column}");
+    assert_eq!(key, "upstreams.secure.tls.server_name");
+
+    // Unknown keys are refused.
+    let (line, _, _, message) = reject(&upstream_with(&format!(
+        "tls = {{ ca = \"{}\", verify = false }}\n",
+        pki.pem.path.display()
+    )));
+    assert_eq!(line, 6);
+    assert!(message.contains("verify"), "{message}");
+
+    // Active health checks stay plain HTTP: refused together with `tls`.
+    let (line, _, key, message) = reject(&upstream_with(&format!(
+        "tls = {{ ca = \"{}\" }}\nhealth = {{ path = \"/healthz\" }}\n",
+        pki.pem.path.display()
+    )));
+    assert_eq!((line, key.as_str()), (7, "upstreams.secure.health"));
+    assert!(message.contains("TLS"), "{message}");
+}
+
+#[test]
+fn a_valid_upstream_tls_section_loads_and_prints_no_secrets() {
+    let pki = Pki::new();
+    let text = upstream_with(&format!(
+        "tls = {{ ca = \"{}\", server_name = \"api.internal\" }}\n",
+        pki.pem.path.display()
+    ));
+    let config = config::parse(&text, "t.toml").expect("valid");
+    let tls = config.upstreams[0].tls.as_ref().expect("tls");
+    assert_eq!(tls.server_name.as_deref(), Some("api.internal"));
+    let json = serde_json::to_string(&config.upstreams[0]).unwrap();
+    assert!(json.contains("api.internal"), "{json}");
+    assert!(!json.contains("BEGIN"), "{json}");
+    // `tls = false` is plain.
+    let plain = config::parse(&upstream_with("tls = false\n"), "t.toml").expect("valid");
+    assert!(plain.upstreams[0].tls.is_none());
+    // The header-table form works as well.
+    let text = upstream_with(&format!(
+        "\n[upstreams.secure.tls]\nca = \"{}\"\n",
+        pki.pem.path.display()
+    ));
+    let config = config::parse(&text, "t.toml").expect("valid");
+    assert!(config.upstreams[0].tls.is_some());
+}
