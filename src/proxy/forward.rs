@@ -143,7 +143,7 @@ pub(super) async fn forward(
     let up = ctx.state;
     // A protocol switch relays raw bytes to the upstream, which a TLS upstream's session
     // cannot do (the tunnel encrypts one side only).
-    if head.wants_upgrade() && ctx.up.tls.is_some() {
+    if ctx.up.tls.is_some() && head.wants_upgrade() {
         return refuse_upgrade(w, c, s, ctx).await;
     }
     let tls_tag = ctx.up.tls.as_ref().map_or(0, |t| t.tag);
