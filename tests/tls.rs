@@ -6,12 +6,11 @@
 #[path = "common/gateway.rs"]
 mod gateway;
 
-use std::collections::BTreeMap;
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 
-use gateway::{closed, read_response, Gateway, TempFile, Upstream, PATIENCE};
+use gateway::{closed, get_on, read_response, scrape, Gateway, TempFile, Upstream, PATIENCE};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use ringgate::config::{self, ConfigError};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -208,38 +207,9 @@ fn presented(tls: &Tls) -> CertificateDer<'static> {
         .into_owned()
 }
 
-/// One request on `r`'s stream: (status, head, body).
-fn get(r: &mut BufReader<Tls>, path: &str) -> (u16, String, Vec<u8>) {
-    write!(
-        r.get_mut(),
-        "GET {path} HTTP/1.1\r\nHost: api.example\r\n\r\n"
-    )
-    .unwrap();
-    r.get_mut().flush().unwrap();
-    read_response(r)
-}
-
-/// The admin's /metrics, as `name{labels} → value`.
-fn metrics(admin: SocketAddr) -> BTreeMap<String, f64> {
-    let mut s = TcpStream::connect(admin).unwrap();
-    s.set_read_timeout(Some(PATIENCE)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let (_, _, body) = read_response(&mut BufReader::new(s));
-    String::from_utf8(body)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
-
 fn failures(admin: SocketAddr, reason: &str) -> f64 {
     let name = format!("ringgate_tls_handshake_failures_total{{reason=\"{reason}\"}}");
-    metrics(admin).get(&name).copied().unwrap_or(0.0)
+    scrape(admin).get(&name).copied().unwrap_or(0.0)
 }
 
 /// Runs a scenario on both drivers: `mod name { io_uring, epoll }`.
@@ -275,7 +245,7 @@ on_both_drivers! {
         let tls = connect(run.tls, &client, "a.example").unwrap();
         assert_eq!(tls.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
         let mut r = BufReader::new(tls);
-        let (status, head, body) = get(&mut r, "/one");
+        let (status, head, body) = get_on(&mut r, "/one");
         assert_eq!((status, body.as_slice()), (200, &b"hello"[..]), "{head}");
         let seen = up.next_arrival();
         assert_eq!(seen.header("x-forwarded-proto"), Some("https"), "{}", seen.head);
@@ -286,7 +256,7 @@ on_both_drivers! {
         r.get_mut().write_all(post).unwrap();
         let (status, _, body) = read_response(&mut r);
         assert_eq!((status, body.as_slice()), (200, &b"hellohello world"[..]));
-        let (status, _, body) = get(&mut r, "/big");
+        let (status, _, body) = get_on(&mut r, "/big");
         assert_eq!((status, body.len()), (200, big.len()));
         assert!(body == big.as_bytes());
 
@@ -304,8 +274,8 @@ on_both_drivers! {
         let again = connect(run.tls, &client, "a.example").unwrap();
         assert_eq!(again.conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
         let mut r2 = BufReader::new(again);
-        assert_eq!(get(&mut r2, "/resumed").0, 200);
-        let m = metrics(run.admin);
+        assert_eq!(get_on(&mut r2, "/resumed").0, 200);
+        let m = scrape(run.admin);
         assert!(m["ringgate_tls_handshakes_total{kind=\"resumed\"}"] >= 1.0, "{m:?}");
         assert!(m["ringgate_tls_handshakes_total{kind=\"full\"}"] >= 1.0, "{m:?}");
     }
@@ -331,7 +301,7 @@ on_both_drivers! {
         assert!(presented(&tls) == certs.default.der, "no SNI gets the default");
         // And a verifying client accepts what it gets for its name.
         let mut r = BufReader::new(connect(run.tls, &verifying(&certs.pki), "z.b.example").unwrap());
-        assert_eq!(get(&mut r, "/").0, 200);
+        assert_eq!(get_on(&mut r, "/").0, 200);
     }
 
     reload_serves_new_certificates_to_new_connections(driver) {
@@ -342,7 +312,7 @@ on_both_drivers! {
         let kept = connect(run.tls, &client, "default.example").unwrap();
         assert!(presented(&kept) == certs.default.der);
         let mut kept = BufReader::new(kept);
-        assert_eq!(get(&mut kept, "/before").0, 200);
+        assert_eq!(get_on(&mut kept, "/before").0, 200);
 
         let renewed = certs.pki.leaf(&["default.example", "renewed.example"]);
         certs.default.replace_with(&renewed);
@@ -352,9 +322,9 @@ on_both_drivers! {
         let fresh = connect(run.tls, &verifying(&certs.pki), "renewed.example").unwrap();
         assert!(presented(&fresh) == renewed.der, "a new connection gets the renewed certificate");
         let mut fresh = BufReader::new(fresh);
-        assert_eq!(get(&mut fresh, "/new").0, 200);
+        assert_eq!(get_on(&mut fresh, "/new").0, 200);
         // The connection from before the reload carries on.
-        assert_eq!(get(&mut kept, "/after").0, 200);
+        assert_eq!(get_on(&mut kept, "/after").0, 200);
 
         // A broken key on disk: the reload is refused and TLS keeps working.
         std::fs::write(&certs.a.key.path, b"-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n").unwrap();
@@ -362,7 +332,7 @@ on_both_drivers! {
         let refusal = run.gw.wait_for_line("reload failed");
         assert!(refusal.contains("server.tls[1].key"), "{refusal}");
         let mut r = BufReader::new(connect(run.tls, &client, "a.example").unwrap());
-        assert_eq!(get(&mut r, "/still").0, 200);
+        assert_eq!(get_on(&mut r, "/still").0, 200);
     }
 
     garbage_is_counted_and_the_workers_keep_serving(driver) {
@@ -391,8 +361,8 @@ on_both_drivers! {
         assert!(closed(&mut slow));
 
         let mut r = BufReader::new(connect(run.tls, &verifying(&certs.pki), "a.example").unwrap());
-        assert_eq!(get(&mut r, "/").0, 200);
-        let m = metrics(run.admin);
+        assert_eq!(get_on(&mut r, "/").0, 200);
+        let m = scrape(run.admin);
         let bad = m.get("ringgate_tls_handshake_failures_total{reason=\"bad_message\"}").copied().unwrap_or(0.0);
         assert!(bad >= 4.0, "{m:?}");
         assert_eq!(failures(run.admin, "timeout"), 1.0);
@@ -409,7 +379,7 @@ on_both_drivers! {
         let _ = s.read_to_end(&mut reply);
         // A fatal alert (content type 21), then the close.
         assert_eq!(reply.first(), Some(&0x15), "{reply:?}");
-        assert_eq!(failures(run.admin, "incompatible"), 1.0, "{:?}", metrics(run.admin));
+        assert_eq!(failures(run.admin, "incompatible"), 1.0, "{:?}", scrape(run.admin));
         assert_eq!(up.requests().len(), 0);
     }
 

@@ -6,13 +6,12 @@
 #[path = "common/gateway.rs"]
 mod gateway;
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use gateway::{read_response, Gateway, TempFile, PATIENCE};
+use gateway::{get_on, read_response, scrape, Gateway, TempFile, PATIENCE};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use ringgate::config::{self, ConfigError};
 use rustls::pki_types::pem::PemObject;
@@ -204,37 +203,9 @@ fn tls_with(pki: &Pki, server_name: Option<&str>) -> String {
     }
 }
 
-/// One GET on `r`'s stream: (status, head, body).
-fn get<S: Read + Write>(r: &mut BufReader<S>, path: &str) -> (u16, String, Vec<u8>) {
-    write!(
-        r.get_mut(),
-        "GET {path} HTTP/1.1\r\nHost: api.example\r\n\r\n"
-    )
-    .unwrap();
-    r.get_mut().flush().unwrap();
-    read_response(r)
-}
-
-fn metrics(admin: SocketAddr) -> BTreeMap<String, f64> {
-    let mut s = TcpStream::connect(admin).unwrap();
-    s.set_read_timeout(Some(PATIENCE)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let (_, _, body) = read_response(&mut BufReader::new(s));
-    String::from_utf8(body)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
-
 fn tls_errors(admin: SocketAddr) -> f64 {
     let name = "ringgate_upstream_errors_total{upstream=\"secure\",reason=\"upstream_tls\"}";
-    metrics(admin).get(name).copied().unwrap_or(0.0)
+    scrape(admin).get(name).copied().unwrap_or(0.0)
 }
 
 /// Runs a scenario on both drivers: `mod name { io_uring, epoll }`.
@@ -257,15 +228,15 @@ on_both_drivers! {
         let up = TlsUpstream::spawn(&pki);
         let run = start(driver, up.addr, &tls_with(&pki, Some("api.internal")));
         let mut client = BufReader::new(run.gw.connect());
-        let (status, _, body) = get(&mut client, "/one");
+        let (status, _, body) = get_on(&mut client, "/one");
         assert_eq!(status, 200);
         assert_eq!(body, b"ok:/one");
-        let (status, _, body) = get(&mut client, "/two");
+        let (status, _, body) = get_on(&mut client, "/two");
         assert_eq!(status, 200);
         assert_eq!(body, b"ok:/two");
         // A second client connection takes the pooled upstream connection too.
         let mut other = BufReader::new(run.gw.connect());
-        let (status, _, body) = get(&mut other, "/three");
+        let (status, _, body) = get_on(&mut other, "/three");
         assert_eq!((status, body.as_slice()), (200, &b"ok:/three"[..]));
         assert_eq!(up.requests().len(), 3);
         assert_eq!(up.connections.load(Ordering::SeqCst), 1, "one TLS connection upstream");
@@ -278,7 +249,7 @@ on_both_drivers! {
         let up = TlsUpstream::spawn(&pki);
         let run = start(driver, up.addr, &tls_with(&pki, None));
         let mut client = BufReader::new(run.gw.connect());
-        let (status, _, body) = get(&mut client, "/ip");
+        let (status, _, body) = get_on(&mut client, "/ip");
         assert_eq!((status, body.as_slice()), (200, &b"ok:/ip"[..]));
     }
 
@@ -287,7 +258,7 @@ on_both_drivers! {
         let up = TlsUpstream::spawn(&pki);
         let mut run = start(driver, up.addr, &tls_with(&pki, Some("other.internal")));
         let mut client = BufReader::new(run.gw.connect());
-        let (status, _, _) = get(&mut client, "/x");
+        let (status, _, _) = get_on(&mut client, "/x");
         assert_eq!(status, 502);
         let line = run.gw.wait_for_line("upstream TLS handshake failed");
         assert!(line.contains("name_mismatch"), "{line}");
@@ -302,7 +273,7 @@ on_both_drivers! {
         let up = TlsUpstream::spawn(&pki);
         let mut run = start(driver, up.addr, &tls_with(&stranger, Some("api.internal")));
         let mut client = BufReader::new(run.gw.connect());
-        let (status, _, _) = get(&mut client, "/x");
+        let (status, _, _) = get_on(&mut client, "/x");
         assert_eq!(status, 502);
         let line = run.gw.wait_for_line("upstream TLS handshake failed");
         assert!(line.contains("unknown_issuer"), "{line}");

@@ -403,3 +403,32 @@ pub fn closed(r: &mut impl Read) -> bool {
     let mut byte = [0u8; 1];
     matches!(r.read(&mut byte), Ok(0))
 }
+
+/// One GET on `r`'s stream (plain or TLS): (status, head, body).
+pub fn get_on<S: Read + Write>(r: &mut BufReader<S>, path: &str) -> (u16, String, Vec<u8>) {
+    write!(
+        r.get_mut(),
+        "GET {path} HTTP/1.1\r\nHost: api.example\r\n\r\n"
+    )
+    .unwrap();
+    r.get_mut().flush().unwrap();
+    read_response(r)
+}
+
+/// The admin listener's /metrics as `name{labels}` → value.
+pub fn scrape(admin: SocketAddr) -> std::collections::BTreeMap<String, f64> {
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let (_, _, body) = read_response(&mut BufReader::new(s));
+    String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
