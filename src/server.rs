@@ -63,6 +63,10 @@ impl Server {
         let configured = config.server.listen.clone();
         let bound: Vec<SocketAddr> = configured.iter().map(|l| l.addr).collect();
         let (addrs, listeners) = bind(&bound, workers, steer, &inherited)?;
+        let inherited_addrs: Vec<SocketAddr> = inherited
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect();
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let pin = config.server.pin;
         let driver = config.server.driver;
@@ -145,6 +149,7 @@ impl Server {
                 state: Mutex::new(ControlState {
                     workers: control,
                     listening,
+                    inherited: inherited_addrs,
                     steer,
                 }),
             }),
@@ -222,7 +227,7 @@ async fn control_loop(ctl: UnixStream, w: &Rc<Worker>, inbox: &Mutex<Vec<Listene
                                 tracing::error!(worker = w.id, %addr, "cannot listen: {e}");
                             }
                         }
-                        ListenerChange::Close(addr) => accept::unlisten(w, addr),
+                        ListenerChange::Close(addr, owned) => accept::unlisten(w, addr, owned),
                         ListenerChange::Tls(addr, tls) => accept::set_tls(w, addr, tls),
                     }
                 }
@@ -240,7 +245,8 @@ async fn control_loop(ctl: UnixStream, w: &Rc<Worker>, inbox: &Mutex<Vec<Listene
 /// speaks TLS), takes away, or switches between plain and TLS.
 enum ListenerChange {
     Open(SocketAddr, std::net::TcpListener, bool),
-    Close(SocketAddr),
+    /// The address, and whether the socket is ours to shut down (not one systemd handed over).
+    Close(SocketAddr, bool),
     Tls(SocketAddr, bool),
 }
 
@@ -255,6 +261,9 @@ struct ControlState {
     /// The items of `server.listen` now served, each with the address it resolved to (the
     /// port the kernel chose for port 0).
     listening: Vec<(Listen, SocketAddr)>,
+    /// Addresses served on sockets systemd handed over (socket activation): closing one of
+    /// ours must not shut those down, systemd keeps them for the next process.
+    inherited: Vec<SocketAddr>,
     steer: bool,
 }
 
@@ -359,7 +368,8 @@ impl Control {
                     .zip(sockets)
                     .map(|((a, l), socket)| ListenerChange::Open(*a, socket, l.tls)),
             );
-            inbox.extend(removed.iter().map(|a| ListenerChange::Close(*a)));
+            let owned = |a: &SocketAddr| !state.inherited.contains(a);
+            inbox.extend(removed.iter().map(|a| ListenerChange::Close(*a, owned(a))));
             inbox.extend(switches.iter().map(|&(a, tls)| ListenerChange::Tls(a, tls)));
         }
         for (i, link) in state.workers.iter().enumerate() {

@@ -32,6 +32,7 @@ pub fn listen(
     let listener = TcpListener::from_std(listener)?;
     let shut = Rc::new(Shut::default());
     shut.tls.set(tls);
+    shut.fd.set(listener.as_raw_fd());
     // Connection ids count up from 1, so accept loops take drain-waiter ids from the top.
     let opened = w.listeners_opened.get();
     w.listeners_opened.set(opened + 1);
@@ -47,10 +48,17 @@ pub fn listen(
     Ok(())
 }
 
-/// Stops accepting on `addr` in this worker; its connections carry on.
-pub fn unlisten(w: &Worker, addr: SocketAddr) {
+/// Stops accepting on `addr` in this worker; its connections carry on. A socket of our own
+/// (`owned`: not one systemd handed over and keeps) stops listening before this returns, so
+/// from then on a connection attempt is refused rather than queued on a socket about to close
+/// (which would reset it); the accept loop then ends and closes it.
+pub fn unlisten(w: &Worker, addr: SocketAddr, owned: bool) {
     w.listeners.borrow_mut().retain(|(a, shut)| {
         if *a == addr {
+            if owned {
+                // SAFETY: the accept loop owns this descriptor until it sees `closed`.
+                unsafe { libc::shutdown(shut.fd.get(), libc::SHUT_RDWR) };
+            }
             shut.close();
         }
         *a != addr
@@ -71,6 +79,8 @@ pub fn set_tls(w: &Worker, addr: SocketAddr, tls: bool) {
 #[derive(Default)]
 pub struct Shut {
     closed: Cell<bool>,
+    /// The listening socket's descriptor.
+    fd: Cell<std::os::fd::RawFd>,
     waker: RefCell<Option<Waker>>,
     tls: Cell<bool>,
 }
@@ -154,6 +164,8 @@ async fn accept_loop(
                 }
                 monoio::spawn(conn::serve(Rc::clone(&w), stream, peer, shut.tls.get()));
             }
+            // The listener was shut down by `unlisten`.
+            Err(_) if shut.closed.get() => return,
             Err(e) => {
                 // EMFILE and friends: the listener stays valid, but retrying at once would spin
                 // until a descriptor frees up; back off briefly, as nginx does.
