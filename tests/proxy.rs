@@ -6,7 +6,9 @@ mod gateway;
 
 use std::io::{BufReader, Read, Write};
 
-use gateway::{closed, exchange, fnv, read_response, Gateway, Upstream, FNV_START, PATIENCE};
+use gateway::{
+    closed, exchange, fnv, on_both_drivers, read_response, Gateway, Upstream, FNV_START, PATIENCE,
+};
 
 /// A config proxying everything to `upstream`, with `extra_server` lines in `[server]` and
 /// `extra_upstream` lines in the upstream; two workers unless `extra_server` says otherwise.
@@ -49,20 +51,6 @@ path_prefix = "/"
 upstream = "backend"
 "#
     )
-}
-
-/// Runs a scenario on both drivers: `mod name { io_uring, epoll }`.
-macro_rules! on_both_drivers {
-    ($($name:ident($driver:ident) $body:block)*) => {$(
-        mod $name {
-            use super::*;
-            fn scenario($driver: &str) $body
-            #[test]
-            fn io_uring() { scenario("io_uring") }
-            #[test]
-            fn epoll() { scenario("epoll") }
-        }
-    )*};
 }
 
 on_both_drivers! {

@@ -10,7 +10,9 @@ use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 
-use gateway::{closed, get_on, read_response, scrape, Gateway, TempFile, Upstream, PATIENCE};
+use gateway::{
+    closed, get_on, on_both_drivers, read_response, scrape, Gateway, TempFile, Upstream, PATIENCE,
+};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use ringgate::config::{self, ConfigError};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -210,20 +212,6 @@ fn presented(tls: &Tls) -> CertificateDer<'static> {
 fn failures(admin: SocketAddr, reason: &str) -> f64 {
     let name = format!("ringgate_tls_handshake_failures_total{{reason=\"{reason}\"}}");
     scrape(admin).get(&name).copied().unwrap_or(0.0)
-}
-
-/// Runs a scenario on both drivers: `mod name { io_uring, epoll }`.
-macro_rules! on_both_drivers {
-    ($($name:ident($driver:ident) $body:block)*) => {$(
-        mod $name {
-            use super::*;
-            fn scenario($driver: &str) $body
-            #[test]
-            fn io_uring() { scenario("io_uring") }
-            #[test]
-            fn epoll() { scenario("epoll") }
-        }
-    )*};
 }
 
 on_both_drivers! {

@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use gateway::{get_on, read_response, scrape, Gateway, TempFile, PATIENCE};
+use gateway::{get_on, on_both_drivers, read_response, scrape, Gateway, TempFile, PATIENCE};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use ringgate::config::{self, ConfigError};
 use rustls::pki_types::pem::PemObject;
@@ -206,20 +206,6 @@ fn tls_with(pki: &Pki, server_name: Option<&str>) -> String {
 fn tls_errors(admin: SocketAddr) -> f64 {
     let name = "ringgate_upstream_errors_total{upstream=\"secure\",reason=\"upstream_tls\"}";
     scrape(admin).get(name).copied().unwrap_or(0.0)
-}
-
-/// Runs a scenario on both drivers: `mod name { io_uring, epoll }`.
-macro_rules! on_both_drivers {
-    ($($name:ident($driver:ident) $body:block)*) => {$(
-        mod $name {
-            use super::*;
-            fn scenario($driver: &str) $body
-            #[test]
-            fn io_uring() { scenario("io_uring") }
-            #[test]
-            fn epoll() { scenario("epoll") }
-        }
-    )*};
 }
 
 on_both_drivers! {

@@ -432,3 +432,21 @@ pub fn scrape(admin: SocketAddr) -> std::collections::BTreeMap<String, f64> {
         })
         .collect()
 }
+
+/// Runs each scenario on both drivers: `mod name { io_uring, epoll }`, the scenario taking the
+/// driver's name for `server.driver`.
+#[allow(unused_macros)]
+macro_rules! on_both_drivers {
+    ($($name:ident($driver:ident) $body:block)*) => {$(
+        mod $name {
+            use super::*;
+            fn scenario($driver: &str) $body
+            #[test]
+            fn io_uring() { scenario("io_uring") }
+            #[test]
+            fn epoll() { scenario("epoll") }
+        }
+    )*};
+}
+#[allow(unused_imports)]
+pub(crate) use on_both_drivers;
