@@ -457,15 +457,22 @@ fn weighted_1_2_3_over_6000_requests() {
     }
 }
 
-#[test]
-fn least_conn_sends_new_requests_past_the_slow_target() {
+/// An upstream that holds every request until `release` is dropped (or PATIENCE passes),
+/// then answers `body`.
+fn held(body: &'static str) -> (Upstream, mpsc::Sender<()>) {
     let (release, hold) = mpsc::channel::<()>();
     let hold = Mutex::new(hold);
-    let slow = Upstream::spawn(move |_, s| {
+    let up = Upstream::spawn(move |_, s| {
         let _ = hold.lock().unwrap().recv_timeout(PATIENCE);
-        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
-            .is_ok()
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+        s.write_all(head.as_bytes()).is_ok() && s.write_all(body.as_bytes()).is_ok()
     });
+    (up, release)
+}
+
+#[test]
+fn least_conn_sends_new_requests_past_the_slow_target() {
+    let (slow, release) = held("slow");
     let fast = Upstream::ok("fast");
     let upstream = format!(
         "{}\nbalance = \"least_conn\"",
@@ -542,13 +549,7 @@ fn consistent_hash_keeps_each_key_on_one_target() {
 
 #[test]
 fn slow_target_past_per_try_timeout_is_retried_on_another_within_the_total_timeout() {
-    let (release, hold) = mpsc::channel::<()>();
-    let hold = Mutex::new(hold);
-    let slow = Upstream::spawn(move |_, s| {
-        let _ = hold.lock().unwrap().recv_timeout(PATIENCE);
-        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
-            .is_ok()
-    });
+    let (slow, release) = held("slow");
     let fast = Upstream::ok("fast");
     let upstream = format!(
         "{}\ntimeout = \"2s\"\nretries = {{ attempts = 2, on = [\"timeout\"], per_try_timeout = \"200ms\", budget = \"100%\" }}",
@@ -614,13 +615,7 @@ fn retries_to_a_dead_upstream_stay_within_the_budget() {
 
 #[test]
 fn breaker_answers_the_11th_concurrent_request_at_once_with_503() {
-    let (release, hold) = mpsc::channel::<()>();
-    let hold = Mutex::new(hold);
-    let slow = Upstream::spawn(move |_, s| {
-        let _ = hold.lock().unwrap().recv_timeout(PATIENCE);
-        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-            .is_ok()
-    });
+    let (slow, release) = held("ok");
     let upstream = format!(
         "{}\nbreaker = {{ max_requests = 10 }}",
         targets(&[slow.addr])
