@@ -11,7 +11,8 @@
 //! - [`ratelimit`]: a worker's token-bucket shard of a rate-limit policy;
 //! - [`cache`]: a worker's response-cache shard (RFC 9111, byte-bounded, S3-FIFO);
 //! - [`upstream`]: per-worker pools, target choice, the built-in echo upstream;
-//! - [`proxy`]: the request pipeline; [`wire`]: a socket and its buffer;
+//! - [`proxy`]: the request pipeline; [`wire`]: a socket and its buffer; [`deadline`]: a
+//!   connection's read timers, moved lazily;
 //! - [`tls`]: certificates, SNI and the rustls config; a connection's TLS session;
 //! - [`worker`]: one runtime per core, accept loops, connections, drain;
 //! - [`server`]: binding, starting and stopping workers; [`control`]: sd_notify;
@@ -23,6 +24,7 @@ pub mod accesslog;
 pub mod cache;
 pub mod config;
 pub mod control;
+pub mod deadline;
 pub mod error;
 pub mod http;
 pub mod metrics;

@@ -199,6 +199,63 @@ on_both_drivers! {
         assert!(closed(&mut r));
     }
 
+    keepalive_deadline_moves_with_each_request(driver) {
+        // Requests every 150 ms for well past the first request's 400 ms deadline: each one
+        // moves the deadline (the timer fires at the old one and waits on), and the connection
+        // closes 400 ms after the last answer, not before.
+        let up = Upstream::ok("x");
+        let gw = Gateway::start(&config(driver, &up.addr.to_string(), "keepalive_timeout = \"400ms\"", ""));
+        let mut r = BufReader::new(gw.connect());
+        let mut answered = std::time::Instant::now();
+        for _ in 0..7 {
+            std::thread::sleep(std::time::Duration::from_millis(150));
+            let (status, head, _) = gateway::get_on(&mut r, "/");
+            assert_eq!(status, 200, "{head}");
+            answered = std::time::Instant::now();
+        }
+        assert!(closed(&mut r));
+        let idle = answered.elapsed();
+        assert!(idle >= std::time::Duration::from_millis(390), "closed after {idle:?} idle");
+        assert_eq!(up.requests().len(), 7);
+    }
+
+    header_timeout_after_an_idle_wait_is_408(driver) {
+        // The keep-alive wait armed the connection's timer 5 s out; a partial head then needs
+        // it moved to the 300 ms header deadline.
+        let up = Upstream::ok("x");
+        let extra = "keepalive_timeout = \"5s\"\nheader_timeout = \"300ms\"";
+        let gw = Gateway::start(&config(driver, &up.addr.to_string(), extra, ""));
+        let mut r = BufReader::new(gw.connect());
+        assert_eq!(gateway::get_on(&mut r, "/").0, 200);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let sent = std::time::Instant::now();
+        r.get_mut().write_all(b"GET / HTTP/1.1\r\nHost: api.example\r\nX-Slow: ").unwrap();
+        let (status, _, _) = read_response(&mut r);
+        assert_eq!(status, 408);
+        let waited = sent.elapsed();
+        assert!(waited < std::time::Duration::from_secs(3), "408 after {waited:?}");
+        assert!(closed(&mut r));
+    }
+
+    silent_upstream_on_a_reused_connection_is_504(driver) {
+        // The upstream timer was armed by the first request's quick answer; the second
+        // request's wait must still end in read_timeout (2 s), not hang.
+        let up = Upstream::spawn(|seen, s| {
+            // Silent on /slow, and the connection stays open.
+            seen.head.starts_with("GET /slow ")
+                || s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").is_ok()
+        });
+        let gw = Gateway::start(&config(driver, &up.addr.to_string(), "", ""));
+        let mut r = BufReader::new(gw.connect());
+        assert_eq!(gateway::get_on(&mut r, "/").0, 200);
+        let sent = std::time::Instant::now();
+        let (status, head, _) = gateway::get_on(&mut r, "/slow");
+        assert_eq!(status, 504, "{head}");
+        let waited = sent.elapsed();
+        assert!(waited >= std::time::Duration::from_millis(1900), "504 after {waited:?}");
+        assert_eq!(up.requests().len(), 2);
+    }
+
     direct_response_and_echo(driver) {
         let up = Upstream::ok("x");
         let gw = Gateway::start(&config(driver, &up.addr.to_string(), "", ""));

@@ -1,6 +1,8 @@
 //! Admitting a request: read until a whole head is parsed, under the keep-alive, header and
 //! drain rules; nothing here routes or answers.
 
+use std::pin::pin;
+
 use super::*;
 
 /// How long an idle connection of a draining worker waits for a request already on its way.
@@ -18,6 +20,7 @@ pub async fn admit(
     head: &mut RequestHead,
     fresh: bool,
     drained: &mut Started<'_>,
+    wait: &mut Deadline,
     limits: &Limits,
     header_timeout: Duration,
     keepalive: Duration,
@@ -56,22 +59,23 @@ pub async fn admit(
                     _ => return Admit::Closed,
                 }
             }
+            let read = pin!(client.fill());
             monoio::select! {
                 biased;
-                r = monoio::time::timeout_at((w.recent() + keepalive).into(), client.fill()) => r,
+                r = wait.within(w.recent() + keepalive, read) => r,
                 _ = &mut *drained => return Admit::Closed,
             }
         } else {
             let at = *deadline.get_or_insert_with(|| Instant::now() + header_timeout);
-            monoio::time::timeout_at(at.into(), client.fill()).await
+            wait.within(at, pin!(client.fill())).await
         };
         match read {
-            Ok(Ok(0)) | Ok(Err(_)) => return Admit::Closed,
+            Some(Ok(0)) | Some(Err(_)) => return Admit::Closed,
             // The header deadline starts when a read leaves a partial head (above), not here:
             // most heads arrive whole and never need one.
-            Ok(Ok(_)) => {}
-            Err(_) if idle => return Admit::Closed,
-            Err(_) => return Admit::Reject(Error::HeaderTimeout),
+            Some(Ok(_)) => {}
+            None if idle => return Admit::Closed,
+            None => return Admit::Reject(Error::HeaderTimeout),
         }
     }
 }

@@ -1,6 +1,8 @@
 //! One attempt on one upstream connection: the request head and body up, the response head
 //! back and relayed to the client, and the response captured for the cache when asked.
 
+use std::pin::pin;
+
 use super::*;
 
 /// The facts of the client's request an attempt needs after its head left the buffer.
@@ -108,27 +110,21 @@ pub(super) async fn exchange(
                 }
             }
             // read_timeout, or the attempt's deadline if that comes first.
-            let read = match (wait_from.take(), req.try_deadline) {
-                (Some(at), limit) => {
-                    let at = at + ctx.up.read_timeout;
-                    let at = limit.map_or(at, |d| d.min(at));
-                    monoio::time::timeout_at(at.into(), conn.wire.fill()).await
-                }
-                (None, None) => monoio::time::timeout(ctx.up.read_timeout, conn.wire.fill()).await,
-                (None, Some(d)) => {
-                    let at = (Instant::now() + ctx.up.read_timeout).min(d);
-                    monoio::time::timeout_at(at.into(), conn.wire.fill()).await
-                }
+            let at = match wait_from.take() {
+                Some(at) => at + ctx.up.read_timeout,
+                None => Instant::now() + ctx.up.read_timeout,
             };
+            let at = req.try_deadline.map_or(at, |d| d.min(at));
+            let read = s.upstream_wait.within(at, pin!(conn.wire.fill())).await;
             match read {
-                Err(_) => return Err(Failure::Before(Error::UpstreamTimeout)),
-                Ok(Ok(0)) | Ok(Err(_))
+                None => return Err(Failure::Before(Error::UpstreamTimeout)),
+                Some(Ok(0)) | Some(Err(_))
                     if !got_any && (req.framing == Framing::Length(0) || req.body_inline) =>
                 {
                     return Err(stale(conn.reused, Error::UpstreamClosed))
                 }
-                Ok(Ok(0)) | Ok(Err(_)) => return Err(Failure::Before(Error::UpstreamClosed)),
-                Ok(Ok(_)) => got_any = true,
+                Some(Ok(0)) | Some(Err(_)) => return Err(Failure::Before(Error::UpstreamClosed)),
+                Some(Ok(_)) => got_any = true,
             }
         }
         if response.is_informational() && response.status != 101 {

@@ -30,6 +30,7 @@ use crate::config::{
     Action, Balance, Builtin, CacheSettings, HashKey, LimitKey, RetryOn, Route,
     Upstream as UpstreamConfig, UpstreamKind,
 };
+use crate::deadline::Deadline;
 use crate::error::{Error, Side};
 use crate::http::encode::{self, BodyOut, Forward, Generated, Omit, Reply};
 use crate::http::{
@@ -89,6 +90,8 @@ pub struct Scratch {
     /// Field lines the gateway adds to the request it forwards (X-Request-Id, identity).
     pub upstream_extra: Vec<u8>,
     pub response: ResponseHead,
+    /// The timer for upstream response heads, kept across the connection's requests.
+    pub upstream_wait: Deadline,
     /// What the exchange came to, for the access log.
     pub served: Served,
 }
@@ -119,6 +122,7 @@ impl Scratch {
             upstream_extra: Vec::with_capacity(256),
             served: Served::default(),
             response: ResponseHead::new(limits),
+            upstream_wait: Deadline::default(),
         }
     }
 }

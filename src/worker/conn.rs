@@ -12,6 +12,7 @@ use crate::error::Error;
 use std::time::Duration;
 
 use crate::accesslog::Entry;
+use crate::deadline::Deadline;
 use crate::http::{encode, RequestHead, Version};
 use crate::proxy::{self, Admit, ClientSide, Next, Scratch};
 use crate::tls::session::{self, Session};
@@ -29,6 +30,8 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr, tls: bool
     w.now();
     // Registered once for the connection, not once per idle read.
     let mut drained = w.drain.started(w.next_conn_id());
+    // Likewise the timer for the client's next head: moved, not re-made, per request.
+    let mut wait = Deadline::default();
     let _ = stream.set_nodelay(true);
     let (limits, header_timeout, keepalive, acceptor) = {
         let snap = w.snapshot();
@@ -61,6 +64,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr, tls: bool
             &mut head,
             fresh,
             &mut drained,
+            &mut wait,
             &limits,
             header_timeout,
             keepalive,
