@@ -125,11 +125,16 @@ impl Worker {
         let (prefix, count) = &self.request_ids;
         let n = count.get();
         count.set(n.wrapping_add(1));
-        for word in [*prefix, n] {
-            for shift in (0..16).rev() {
-                out.push(b"0123456789abcdef"[(word >> (shift * 4)) as usize & 15]);
+        // Two digits per table lookup, appended once: a push per digit cost 3% of a proxied
+        // request.
+        let mut id = [[0u8; 2]; 16];
+        let (high, low) = id.split_at_mut(8);
+        for (digits, word) in [(high, *prefix), (low, n)] {
+            for (pair, byte) in digits.iter_mut().zip(word.to_be_bytes()) {
+                *pair = HEX_PAIRS[usize::from(byte)];
             }
         }
+        out.extend_from_slice(id.as_flattened());
     }
 
     /// This worker's counters, cache and upstream figures, for the control thread to sum.
@@ -306,6 +311,18 @@ impl std::ops::Deref for Current {
         &self.snapshot
     }
 }
+
+/// The two lowercase hex digits of each byte value.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        pairs[i] = [DIGITS[i >> 4], DIGITS[i & 15]];
+        i += 1;
+    }
+    pairs
+};
 
 /// 64 random bits from the kernel (the clock and the thread as a fallback).
 fn random_u64() -> u64 {
