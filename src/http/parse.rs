@@ -144,22 +144,21 @@ pub enum HeaderKind {
 
 impl HeaderKind {
     fn of(name: &[u8]) -> HeaderKind {
-        let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
         match name.len() {
-            2 if is(b"te") => HeaderKind::Te,
-            3 if is(b"via") => HeaderKind::Via,
-            4 if is(b"host") => HeaderKind::Host,
-            6 if is(b"expect") => HeaderKind::Expect,
-            7 if is(b"upgrade") => HeaderKind::Upgrade,
-            7 if is(b"trailer") => HeaderKind::Trailer,
-            10 if is(b"connection") => HeaderKind::Connection,
-            10 if is(b"keep-alive") => HeaderKind::KeepAlive,
-            14 if is(b"content-length") => HeaderKind::ContentLength,
-            15 if is(b"x-forwarded-for") => HeaderKind::XForwardedFor,
-            16 if is(b"proxy-connection") => HeaderKind::ProxyConnection,
-            16 if is(b"x-forwarded-host") => HeaderKind::XForwardedHost,
-            17 if is(b"transfer-encoding") => HeaderKind::TransferEncoding,
-            17 if is(b"x-forwarded-proto") => HeaderKind::XForwardedProto,
+            2 if lower_is(name, b"te") => HeaderKind::Te,
+            3 if lower_is(name, b"via") => HeaderKind::Via,
+            4 if lower_is(name, b"host") => HeaderKind::Host,
+            6 if lower_is(name, b"expect") => HeaderKind::Expect,
+            7 if lower_is(name, b"upgrade") => HeaderKind::Upgrade,
+            7 if lower_is(name, b"trailer") => HeaderKind::Trailer,
+            10 if lower_is(name, b"connection") => HeaderKind::Connection,
+            10 if lower_is(name, b"keep-alive") => HeaderKind::KeepAlive,
+            14 if lower_is(name, b"content-length") => HeaderKind::ContentLength,
+            15 if lower_is(name, b"x-forwarded-for") => HeaderKind::XForwardedFor,
+            16 if lower_is(name, b"proxy-connection") => HeaderKind::ProxyConnection,
+            16 if lower_is(name, b"x-forwarded-host") => HeaderKind::XForwardedHost,
+            17 if lower_is(name, b"transfer-encoding") => HeaderKind::TransferEncoding,
+            17 if lower_is(name, b"x-forwarded-proto") => HeaderKind::XForwardedProto,
             _ => HeaderKind::Other,
         }
     }
@@ -855,6 +854,22 @@ fn parse_fields(
     }
 }
 
+/// Whether the field name `name` is `known` (lowercase letters and `-`) in any case. `name`
+/// holds tchars only: setting bit 0x20 lowercases a letter and turns no other tchar into a
+/// letter or `-`, so one OR and one compare per byte decide, without branches (the byte-wise
+/// `eq_ignore_ascii_case` was 4% of a proxied request's instructions).
+#[inline(always)]
+fn lower_is<const N: usize>(name: &[u8], known: &[u8; N]) -> bool {
+    let Some(name) = name.first_chunk::<N>() else {
+        return false;
+    };
+    let mut diff = 0;
+    for (a, b) in name.iter().zip(known) {
+        diff |= (a | 0x20) ^ b;
+    }
+    diff == 0
+}
+
 /// Content-Length (RFC 9110 §8.6): 1*DIGIT, or a list of identical such values.
 fn parse_content_length(value: &[u8]) -> Result<u64, ParseError> {
     let mut result = None;
@@ -933,4 +948,48 @@ fn split_absolute(target: &[u8]) -> Option<(std::ops::Range<usize>, std::ops::Ra
         auth_start..auth_start + auth_len,
         auth_start + auth_len..target.len(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::chars::is_tchar;
+
+    #[test]
+    fn header_kinds_match_in_any_case_and_nothing_else() {
+        let known: [&[u8]; 14] = [
+            b"te",
+            b"via",
+            b"host",
+            b"expect",
+            b"upgrade",
+            b"trailer",
+            b"connection",
+            b"keep-alive",
+            b"content-length",
+            b"x-forwarded-for",
+            b"proxy-connection",
+            b"x-forwarded-host",
+            b"transfer-encoding",
+            b"x-forwarded-proto",
+        ];
+        for name in known {
+            let kind = HeaderKind::of(name);
+            assert_ne!(kind, HeaderKind::Other, "{}", String::from_utf8_lossy(name));
+            assert_eq!(HeaderKind::of(&name.to_ascii_uppercase()), kind);
+            // Any other tchar in any position makes another field.
+            for i in 0..name.len() {
+                for b in (0..=255u8).filter(|&b| is_tchar(b) && !b.eq_ignore_ascii_case(&name[i])) {
+                    let mut other = name.to_vec();
+                    other[i] = b;
+                    assert_ne!(
+                        HeaderKind::of(&other),
+                        kind,
+                        "{}",
+                        String::from_utf8_lossy(&other)
+                    );
+                }
+            }
+        }
+    }
 }
