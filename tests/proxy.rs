@@ -214,8 +214,10 @@ on_both_drivers! {
             answered = std::time::Instant::now();
         }
         assert!(closed(&mut r));
+        // A timer left at an earlier request's deadline would close at most 150 ms after the
+        // last answer; the slack below 400 ms is for a busy machine's scheduling.
         let idle = answered.elapsed();
-        assert!(idle >= std::time::Duration::from_millis(390), "closed after {idle:?} idle");
+        assert!(idle >= std::time::Duration::from_millis(300), "closed after {idle:?} idle");
         assert_eq!(up.requests().len(), 7);
     }
 
