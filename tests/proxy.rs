@@ -4,7 +4,7 @@
 #[path = "common/gateway.rs"]
 mod gateway;
 
-use std::io::{BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 
 use gateway::{
     closed, exchange, fnv, on_both_drivers, read_response, Gateway, Upstream, FNV_START, PATIENCE,
@@ -256,6 +256,63 @@ on_both_drivers! {
         let waited = sent.elapsed();
         assert!(waited >= std::time::Duration::from_millis(1900), "504 after {waited:?}");
         assert_eq!(up.requests().len(), 2);
+    }
+
+    direct_answers_are_the_same_for_every_client_and_follow_a_reload(driver) {
+        // Keep-alive HTTP/1.1 GETs get fields made in advance; HEAD, HTTP/1.0 and closing
+        // requests, and a reload's new body, must read exactly as the ones made per request.
+        let toml = |listen: &str, body: &str| {
+            format!(
+                r#"
+[server]
+listen = ["{listen}"]
+workers = 1
+pin = false
+driver = "{driver}"
+
+[[routes]]
+path_prefix = "/"
+respond = {{ status = 201, body = "{body}", headers = {{ "content-type" = "application/json", "x-a" = "1" }} }}
+"#
+            )
+        };
+        let mut gw = Gateway::start(&toml("{listen}", "made\\n"));
+        let head = |length: usize, close: bool| {
+            let connection = if close { "Connection: close\r\n" } else { "" };
+            format!("HTTP/1.1 201 Created\r\nServer: ringgate\r\ncontent-type: application/json\r\nx-a: 1\r\nContent-Length: {length}\r\n{connection}\r\n")
+        };
+        let read_head = |r: &mut BufReader<std::net::TcpStream>| {
+            let mut text = String::new();
+            while !text.ends_with("\r\n\r\n") {
+                assert!(r.read_line(&mut text).unwrap() > 0, "closed in a head: {text:?}");
+            }
+            text
+        };
+        let mut r = BufReader::new(gw.connect());
+        for request in ["GET / HTTP/1.1\r\nHost: x\r\n\r\n", "HEAD / HTTP/1.1\r\nHost: x\r\n\r\n"] {
+            r.get_mut().write_all(request.as_bytes()).unwrap();
+            assert_eq!(read_head(&mut r), head(5, false), "{request}");
+            if request.starts_with("GET") {
+                let mut body = [0u8; 5];
+                r.read_exact(&mut body).unwrap();
+                assert_eq!(&body, b"made\n");
+            }
+        }
+        // Nothing after the HEAD's head: the next answer starts right there.
+        r.get_mut().write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        assert_eq!(read_head(&mut r), head(5, true));
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, b"made\n");
+        let (status, text, body) = exchange(&gw, b"GET / HTTP/1.0\r\n\r\n");
+        assert_eq!((status, text, body.as_slice()), (201, head(5, true), &b"made\n"[..]));
+
+        std::fs::write(gw.config_path(), toml(&gw.addr.to_string(), "again\\n")).unwrap();
+        gw.signal("HUP");
+        gw.wait_for_line("reloaded");
+        let mut r = BufReader::new(gw.connect());
+        let (status, text, body) = gateway::get_on(&mut r, "/");
+        assert_eq!((status, text, body.as_slice()), (201, head(6, false), &b"again\n"[..]));
     }
 
     direct_response_and_echo(driver) {

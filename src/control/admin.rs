@@ -136,6 +136,7 @@ fn respond(
             keep_alive: false,
             client_version: Version::Http11,
             head_only: false,
+            ready: None,
         },
     );
     stream.write_all(&out)

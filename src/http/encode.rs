@@ -192,10 +192,18 @@ pub struct Generated<'a> {
     pub keep_alive: bool,
     pub client_version: Version,
     pub head_only: bool,
+    /// The status line and fields through Content-Length, made in advance by [`fields`] from
+    /// these same values (a configured direct answer): one copy instead of a dozen pieces.
+    pub ready: Option<&'a [u8]>,
 }
 
 pub fn generated(out: &mut Vec<u8>, g: &Generated<'_>) {
-    generated_head(out, g, g.body.len());
+    match g.ready {
+        Some(fields) => out.extend_from_slice(fields),
+        None => self::fields(out, g, g.body.len()),
+    }
+    connection(out, g.keep_alive, g.client_version, false);
+    out.extend_from_slice(b"\r\n");
     if !g.head_only {
         out.extend_from_slice(g.body);
     }
@@ -212,6 +220,7 @@ pub fn error(out: &mut Vec<u8>, status: u16, keep_alive: bool) {
         keep_alive,
         client_version: Version::Http11,
         head_only: false,
+        ready: None,
     };
     // The body `error_body` writes: "NNN " + reason + "\n".
     generated_head(out, &g, text.len() + 5);
@@ -227,6 +236,14 @@ pub fn error_body(out: &mut Vec<u8>, status: u16) {
 }
 
 fn generated_head(out: &mut Vec<u8>, g: &Generated<'_>, body_len: usize) {
+    fields(out, g, body_len);
+    connection(out, g.keep_alive, g.client_version, false);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The status line and fields of a generated response up to its length: everything that
+/// does not depend on the request (its connection fields come after).
+pub fn fields(out: &mut Vec<u8>, g: &Generated<'_>, body_len: usize) {
     out.extend_from_slice(b"HTTP/1.1 ");
     status_code(out, g.status);
     out.push(b' ');
@@ -242,8 +259,6 @@ fn generated_head(out: &mut Vec<u8>, g: &Generated<'_>, body_len: usize) {
     if g.status != 204 {
         content_length(out, body_len as u64);
     }
-    connection(out, g.keep_alive, g.client_version, false);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// The head of a chunk of `len` bytes; the chunk's data and [`CHUNK_END`] follow.
@@ -408,5 +423,49 @@ pub fn reason(status: u16) -> &'static str {
         504 => "Gateway Timeout",
         505 => "HTTP Version Not Supported",
         _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prepared_fields_give_the_same_bytes_for_every_request() {
+        for (status, body, extra) in [
+            (200, &b"hello\n"[..], &b"X-A: 1\r\n"[..]),
+            (204, b"", b""),
+            (404, b"gone", b"Content-Type: text/html\r\n"),
+        ] {
+            let g = |keep_alive, client_version, head_only, ready| Generated {
+                status,
+                content_type: b"text/plain",
+                body,
+                extra,
+                keep_alive,
+                client_version,
+                head_only,
+                ready,
+            };
+            let mut fields_made = Vec::new();
+            fields(
+                &mut fields_made,
+                &g(true, Version::Http11, false, None),
+                body.len(),
+            );
+            for keep in [true, false] {
+                for version in [Version::Http10, Version::Http11] {
+                    for head_only in [true, false] {
+                        let (mut plain, mut prepared) = (Vec::new(), Vec::new());
+                        generated(&mut plain, &g(keep, version, head_only, None));
+                        generated(
+                            &mut prepared,
+                            &g(keep, version, head_only, Some(&fields_made)),
+                        );
+                        assert_eq!(plain, prepared, "{status} {keep} {version:?} {head_only}");
+                    }
+                }
+            }
+        }
     }
 }

@@ -37,6 +37,7 @@ pub(super) async fn purge(
         keep_alive,
         client_version: c.head.version,
         head_only: false,
+        ready: None,
     };
     respond_generated(w, c, (&mut s.out, &mut s.served), &g, max_body).await
 }

@@ -372,6 +372,7 @@ pub(super) async fn fail(
             keep_alive: false,
             client_version: Version::Http11,
             head_only: false,
+            ready: None,
         },
     );
     let (_, buf) = client.send(std::mem::take(&mut s.out)).await;

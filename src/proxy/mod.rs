@@ -198,6 +198,7 @@ async fn answer(w: &Worker, snap: &Current, c: ClientSide<'_>, s: &mut Scratch) 
                     keep_alive,
                     client_version: head.version,
                     head_only: false,
+                    ready: None,
                 };
                 return respond_generated(w, c, (&mut s.out, &mut s.served), &g, server.max_body)
                     .await;
@@ -243,16 +244,17 @@ async fn answer(w: &Worker, snap: &Current, c: ClientSide<'_>, s: &mut Scratch) 
             headers,
         } => {
             s.chunk.clear();
-            let mut content_type: &[u8] = b"text/plain; charset=utf-8";
-            for (name, value) in headers {
-                if name.eq_ignore_ascii_case("content-type") {
-                    content_type = b"";
-                }
-                for part in [name.as_bytes(), b": ", value.as_bytes(), b"\r\n"] {
-                    s.chunk.extend_from_slice(part);
-                }
+            // The fields made when this worker took up the snapshot hold the configured lines
+            // only: a request that adds its own (RateLimit-*) has them made again.
+            let ready = match s.served.route {
+                Some(i) if s.extra.is_empty() => snap.direct.get(i).and_then(Option::as_deref),
+                _ => None,
+            };
+            let mut content_type: &[u8] = b"";
+            if ready.is_none() {
+                content_type = direct_fields(headers, &mut s.chunk);
+                s.chunk.extend_from_slice(&s.extra);
             }
-            s.chunk.extend_from_slice(&s.extra);
             let g = Generated {
                 status: *status,
                 content_type,
@@ -261,6 +263,7 @@ async fn answer(w: &Worker, snap: &Current, c: ClientSide<'_>, s: &mut Scratch) 
                 keep_alive,
                 client_version: head.version,
                 head_only: head.method == Method::Head,
+                ready,
             };
             respond_generated(w, c, (&mut s.out, &mut s.served), &g, server.max_body).await
         }
@@ -424,8 +427,56 @@ async fn answer_error(
         keep_alive,
         client_version: c.head.version,
         head_only: c.head.method == Method::Head,
+        ready: None,
     };
     respond_generated(w, c, (&mut s.out, &mut s.served), &g, max_body).await
+}
+
+/// Appends a direct answer's configured `headers` as field lines; returns the Content-Type
+/// to add (none when the lines have one).
+fn direct_fields(headers: &[(String, String)], out: &mut Vec<u8>) -> &'static [u8] {
+    let mut content_type: &[u8] = b"text/plain; charset=utf-8";
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case("content-type") {
+            content_type = b"";
+        }
+        for part in [name.as_bytes(), b": ", value.as_bytes(), b"\r\n"] {
+            out.extend_from_slice(part);
+        }
+    }
+    content_type
+}
+
+/// The status line and fields of each route's direct answer, by route index (`None` for a
+/// proxied route), made once per snapshot and worker: see [`Generated::ready`].
+pub fn direct_answers(routes: &[Route]) -> Vec<Option<Vec<u8>>> {
+    routes
+        .iter()
+        .map(|route| match &route.action {
+            Action::Respond {
+                status,
+                body,
+                headers,
+            } => {
+                let mut lines = Vec::new();
+                let content_type = direct_fields(headers, &mut lines);
+                let g = Generated {
+                    status: *status,
+                    content_type,
+                    body: body.as_bytes(),
+                    extra: &lines,
+                    keep_alive: true,
+                    client_version: Version::Http11,
+                    head_only: false,
+                    ready: None,
+                };
+                let mut fields = Vec::new();
+                encode::fields(&mut fields, &g, body.len());
+                Some(fields)
+            }
+            Action::Proxy { .. } => None,
+        })
+        .collect()
 }
 
 /// Skips the request body (small ones only), then writes a response the gateway made.
@@ -516,6 +567,7 @@ async fn echo_reply(w: &Worker, c: ClientSide<'_>, s: &mut Scratch, keep_alive: 
         keep_alive,
         client_version: c.head.version,
         head_only: c.head.method == Method::Head,
+        ready: None,
     };
     s.out.clear();
     encode::generated(&mut s.out, &g);

@@ -286,6 +286,8 @@ pub struct Current {
     pub snapshot: Rc<Arc<Snapshot>>,
     /// By the index of `snapshot.config.upstreams`.
     pub upstreams: Vec<Rc<UpstreamState>>,
+    /// By route index: a direct answer's status line and fields, made in advance.
+    pub direct: Vec<Option<Vec<u8>>>,
 }
 
 impl Current {
@@ -298,6 +300,7 @@ impl Current {
         let upstreams =
             UpstreamState::build_all(&snapshot.config, &snapshot.upstreams, before, seed, now);
         Current {
+            direct: crate::proxy::direct_answers(&snapshot.config.routes),
             snapshot: Rc::new(snapshot),
             upstreams,
         }
