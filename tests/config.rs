@@ -6,37 +6,16 @@ use std::num::NonZeroUsize;
 use std::path::Path;
 use std::time::Duration;
 
+#[path = "common/config_check.rs"]
+mod config_check;
+
+use config_check::{parse, reject};
 use ringgate::config::{
-    self, Action, Balance, Builtin, Config, ConfigError, Driver, HostMatch, Listen, UpstreamKind,
-    Workers,
+    self, Action, Balance, Builtin, ConfigError, Driver, HostMatch, Listen, UpstreamKind, Workers,
 };
 use ringgate::http::Limits;
 
 const SERVER: &str = "[server]\nlisten = [\"127.0.0.1:8080\"]\n";
-
-fn parse(text: &str) -> Config {
-    match config::parse(text, "t.toml") {
-        Ok(config) => config,
-        Err(e) => panic!("expected a valid config, got: {e}\n{text}"),
-    }
-}
-
-/// (line, column, key, message) of the rejection of `text`.
-fn reject(text: &str) -> (usize, usize, String, String) {
-    match config::parse(text, "t.toml") {
-        Err(ConfigError::Invalid {
-            origin,
-            line,
-            column,
-            key,
-            message,
-        }) => {
-            assert_eq!(origin, "t.toml");
-            (line, column, key, message)
-        }
-        other => panic!("expected a rejection, got {other:?}\n{text}"),
-    }
-}
 
 fn assert_rejects(text: &str, line: usize, column: usize, key: &str, message_part: &str) {
     let (l, c, k, m) = reject(text);

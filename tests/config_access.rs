@@ -7,6 +7,10 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+#[path = "common/config_check.rs"]
+mod config_check;
+
+use config_check::{parse, reject};
 use ringgate::access::{apikey, Auth, Verdict};
 use ringgate::config::{self, Config, ConfigError};
 
@@ -15,13 +19,6 @@ const HEAD: &str =
 
 fn data(file: &str) -> String {
     format!("{}/tests/data/jwt/{file}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn parse(text: &str) -> Config {
-    match config::parse(text, "t.toml") {
-        Ok(config) => config,
-        Err(e) => panic!("expected a valid config, got: {e}\n{text}"),
-    }
 }
 
 /// 1-based line and column of the first `needle` in `text`.
@@ -37,27 +34,16 @@ fn at(text: &str, needle: &str) -> (usize, usize) {
 
 /// Asserts that `text` is refused at the first `needle`, for `key`, with `message_part`.
 fn assert_rejects_at(text: &str, needle: &str, key: &str, message_part: &str) {
-    match config::parse(text, "t.toml") {
-        Err(ConfigError::Invalid {
-            origin,
-            line,
-            column,
-            key: k,
-            message,
-        }) => {
-            assert_eq!(origin, "t.toml");
-            assert_eq!(
-                (line, column, k.as_str()),
-                (at(text, needle).0, at(text, needle).1, key),
-                "position or key of: {message}\n{text}"
-            );
-            assert!(
-                message.contains(message_part),
-                "message {message:?} lacks {message_part:?}"
-            );
-        }
-        other => panic!("expected a rejection, got {other:?}\n{text}"),
-    }
+    let (line, column, k, message) = reject(text);
+    assert_eq!(
+        (line, column, k.as_str()),
+        (at(text, needle).0, at(text, needle).1, key),
+        "position or key of: {message}\n{text}"
+    );
+    assert!(
+        message.contains(message_part),
+        "message {message:?} lacks {message_part:?}"
+    );
 }
 
 fn ip(s: &str) -> IpAddr {

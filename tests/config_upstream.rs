@@ -4,9 +4,13 @@
 
 use std::time::Duration;
 
+#[path = "common/config_check.rs"]
+mod config_check;
+
+use config_check::{parse, reject};
 use ringgate::config::{
-    self, Balance, Breaker, Config, ConfigError, HashKey, HealthCheck, OutlierDetection, Retries,
-    RetryOn, StatusRange, UpstreamKind,
+    Balance, Breaker, HashKey, HealthCheck, OutlierDetection, Retries, RetryOn, StatusRange,
+    UpstreamKind,
 };
 
 /// `[server]` on lines 1-2, `[upstreams.api]` on line 3, `lines` from line 4.
@@ -17,34 +21,17 @@ fn upstream(lines: &str) -> String {
     )
 }
 
-fn parse(text: &str) -> Config {
-    match config::parse(text, "t.toml") {
-        Ok(config) => config,
-        Err(e) => panic!("expected a valid config, got: {e}\n{text}"),
-    }
-}
-
 fn assert_rejects(text: &str, line: usize, column: usize, key: &str, message_part: &str) {
-    match config::parse(text, "t.toml") {
-        Err(ConfigError::Invalid {
-            line: l,
-            column: c,
-            key: k,
-            message,
-            ..
-        }) => {
-            assert_eq!(
-                (l, c, k.as_str()),
-                (line, column, key),
-                "position or key of: {message}\n{text}"
-            );
-            assert!(
-                message.contains(message_part),
-                "message {message:?} lacks {message_part:?}"
-            );
-        }
-        other => panic!("expected a rejection, got {other:?}\n{text}"),
-    }
+    let (l, c, k, message) = reject(text);
+    assert_eq!(
+        (l, c, k.as_str()),
+        (line, column, key),
+        "position or key of: {message}\n{text}"
+    );
+    assert!(
+        message.contains(message_part),
+        "message {message:?} lacks {message_part:?}"
+    );
 }
 
 #[test]

@@ -3,6 +3,8 @@
 //! upstream. Every scenario runs on the io_uring driver and on epoll. The config checks at the
 //! end need no gateway.
 
+#[path = "common/config_check.rs"]
+mod config_check;
 #[path = "common/gateway.rs"]
 mod gateway;
 
@@ -10,11 +12,12 @@ use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 
+use config_check::reject;
 use gateway::{
     closed, get_on, on_both_drivers, read_response, scrape, Gateway, TempFile, Upstream, PATIENCE,
 };
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use ringgate::config::{self, ConfigError};
+use ringgate::config;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
@@ -469,19 +472,6 @@ impl ServerCertVerifier for AnyCertificate {
 }
 
 // ---- config checks: no gateway needed ----
-
-fn reject(text: &str) -> (usize, usize, String, String) {
-    match config::parse(text, "t.toml") {
-        Err(ConfigError::Invalid {
-            line,
-            column,
-            key,
-            message,
-            ..
-        }) => (line, column, key, message),
-        other => panic!("expected a rejection, got {other:?}\n{text}"),
-    }
-}
 
 fn with_tls(listen: &str, entries: &str) -> String {
     format!("[server]\nlisten = [{listen}]\n{entries}")

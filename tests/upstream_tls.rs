@@ -3,6 +3,8 @@
 //! scenario runs on the io_uring driver and on epoll. The config checks at the end need no
 //! gateway.
 
+#[path = "common/config_check.rs"]
+mod config_check;
 #[path = "common/gateway.rs"]
 mod gateway;
 
@@ -11,9 +13,10 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use config_check::reject;
 use gateway::{get_on, on_both_drivers, read_response, scrape, Gateway, TempFile, PATIENCE};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use ringgate::config::{self, ConfigError};
+use ringgate::config;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
@@ -285,19 +288,6 @@ on_both_drivers! {
 }
 
 // ---- config checks: no gateway needed ----
-
-fn reject(text: &str) -> (usize, usize, String, String) {
-    match config::parse(text, "t.toml") {
-        Err(ConfigError::Invalid {
-            line,
-            column,
-            key,
-            message,
-            ..
-        }) => (line, column, key, message),
-        other => panic!("expected a rejection, got {other:?}\n{text}"),
-    }
-}
 
 fn upstream_with(lines: &str) -> String {
     format!(
