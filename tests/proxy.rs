@@ -352,20 +352,7 @@ respond = {{ status = 201, body = "{body}", headers = {{ "content-type" = "appli
     }
 
     websocket_upgrade_tunnels_both_ways(driver) {
-        let up = Upstream::spawn(|_, s| {
-            s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").unwrap();
-            let mut buf = [0u8; 1024];
-            loop {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => return false,
-                    Ok(n) => {
-                        if s.write_all(&buf[..n]).is_err() {
-                            return false;
-                        }
-                    }
-                }
-            }
-        });
+        let up = Upstream::websocket_echo();
         let gw = Gateway::start(&config(driver, &up.addr.to_string(), "", ""));
         let mut s = gw.connect();
         s.write_all(b"GET /ws HTTP/1.1\r\nHost: api.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();

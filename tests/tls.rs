@@ -375,20 +375,7 @@ on_both_drivers! {
     }
 
     websocket_over_tls(driver) {
-        let up = Upstream::spawn(|_, s| {
-            s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").unwrap();
-            let mut buf = [0u8; 1024];
-            loop {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => return false,
-                    Ok(n) => {
-                        if s.write_all(&buf[..n]).is_err() {
-                            return false;
-                        }
-                    }
-                }
-            }
-        });
+        let up = Upstream::websocket_echo();
         let certs = Certs::new();
         let run = start(driver, up.addr, &certs);
         let tls = connect(run.tls, &verifying(&certs.pki), "a.example").unwrap();

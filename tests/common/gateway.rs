@@ -263,6 +263,25 @@ impl Upstream {
         })
     }
 
+    /// An upstream that switches every connection to WebSocket (101) and then echoes what
+    /// it reads until the peer closes.
+    pub fn websocket_echo() -> Upstream {
+        Upstream::spawn(|_, s| {
+            s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").unwrap();
+            let mut buf = [0u8; 1024];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) => {
+                        if s.write_all(&buf[..n]).is_err() {
+                            return false;
+                        }
+                    }
+                }
+            }
+        })
+    }
+
     pub fn requests(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
