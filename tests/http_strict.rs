@@ -270,11 +270,7 @@ fn target_forms() {
         ),
     ];
     for (raw, form) in cases {
-        let mut head = RequestHead::new(&Limits::DEFAULT);
-        assert!(matches!(
-            head.parse(raw, &Limits::DEFAULT),
-            Ok(Status::Complete(_))
-        ));
+        let head = complete_request(raw);
         assert_eq!(head.form, form);
     }
 }
@@ -294,6 +290,14 @@ fn http10_defaults_to_close_and_needs_no_host() {
         Ok(Status::Complete(raw.len()))
     );
     assert!(head.keep_alive());
+}
+
+/// `raw` parsed as a complete request head.
+fn complete_request(raw: &[u8]) -> RequestHead {
+    let mut head = RequestHead::new(&Limits::DEFAULT);
+    let status = head.parse(raw, &Limits::DEFAULT);
+    assert!(matches!(status, Ok(Status::Complete(_))), "{status:?}");
+    head
 }
 
 fn response(raw: &[u8]) -> (Result<Status, ParseError>, ResponseHead) {
@@ -471,11 +475,7 @@ fn forwarded_request_head() {
 X-Hop: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nX-Forwarded-For: 10.0.0.1\r\n\
 X-Forwarded-Proto: https\r\nVia: 1.1 edge\r\nAccept: */*\r\nContent-Length: 0\r\nUpgrade: h2c\r\n\
 Expect: 100-continue\r\n\r\n";
-    let mut head = RequestHead::new(&Limits::DEFAULT);
-    assert!(matches!(
-        head.parse(raw, &Limits::DEFAULT),
-        Ok(Status::Complete(_))
-    ));
+    let head = complete_request(raw);
     let mut out = Vec::new();
     let fwd = encode::Forward {
         path: b"/users?id=7",
@@ -502,11 +502,7 @@ X-Forwarded-Host: api.example\r\nVia: 1.1 edge, 1.1 ringgate\r\n\r\n"
 fn kept_fields_are_copied_as_received_around_dropped_ones() {
     let raw = b"GET / HTTP/1.1\r\nX-A:a1\r\nHost: h\r\nX-B:\t b1 \t\r\nX-C: c1\r\n\
 Connection: close\r\nTE: trailers\r\nX-D: d1\r\n\r\n";
-    let mut head = RequestHead::new(&Limits::DEFAULT);
-    assert!(matches!(
-        head.parse(raw, &Limits::DEFAULT),
-        Ok(Status::Complete(_))
-    ));
+    let head = complete_request(raw);
     let mut out = Vec::new();
     let fwd = encode::Forward {
         path: b"/",
@@ -523,11 +519,7 @@ Connection: close\r\nTE: trailers\r\nX-D: d1\r\n\r\n";
         text.starts_with("GET / HTTP/1.1\r\nHost: h\r\nX-A:a1\r\nX-B:\t b1 \t\r\nX-D: d1\r\n"),
         "{text:?}"
     );
-    let mut again = RequestHead::new(&Limits::DEFAULT);
-    assert!(matches!(
-        again.parse(&out, &Limits::DEFAULT),
-        Ok(Status::Complete(_))
-    ));
+    let again = complete_request(&out);
     assert_eq!(again.fields.get(&out, b"x-a"), Some(&b"a1"[..]));
     assert_eq!(again.fields.get(&out, b"x-b"), Some(&b"b1"[..]));
     assert_eq!(again.fields.get(&out, b"x-c"), None);
@@ -538,11 +530,7 @@ Connection: close\r\nTE: trailers\r\nX-D: d1\r\n\r\n";
 #[test]
 fn transfer_encoding_is_forwarded_as_one_normalised_list() {
     let raw = b"POST /u HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip,, \r\nTransfer-Encoding: chunked,\r\n\r\n";
-    let mut head = RequestHead::new(&Limits::DEFAULT);
-    assert!(matches!(
-        head.parse(raw, &Limits::DEFAULT),
-        Ok(Status::Complete(_))
-    ));
+    let head = complete_request(raw);
     assert_eq!(head.framing(), Framing::Chunked);
     let mut out = Vec::new();
     let fwd = encode::Forward {
