@@ -50,14 +50,7 @@ upstream = "backend"
 "#,
         up.addr
     ));
-    let line = gw.wait_for_line("admin listening on ");
-    let admin: SocketAddr = line
-        .rsplit("admin listening on ")
-        .next()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let admin = gw.admin_addr();
 
     for _ in 0..25 {
         assert_eq!(exchange(&gw, b"GET / HTTP/1.1\r\nHost: api\r\n\r\n").0, 200);
@@ -167,8 +160,7 @@ fn metrics_by_route_upstream_bytes_and_reload() {
     let a = "[[routes]]\nhost = \"api\"\npath_prefix = \"/a/\"\nupstream = \"backend\"\n";
     let b = "[[routes]]\nhost = \"api\"\npath_prefix = \"/b/\"\nupstream = \"dead\"\n";
     let mut gw = Gateway::start(&config(a, b));
-    let line = gw.wait_for_line("admin listening on ");
-    let admin: SocketAddr = line.rsplit(' ').next().unwrap().trim().parse().unwrap();
+    let admin = gw.admin_addr();
 
     let (mut sent, mut received) = (0u64, 0u64);
     let mut call = |path: &str| {

@@ -51,15 +51,6 @@ fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
-/// The admin listener's address, from the gateway's log.
-fn admin_addr(gw: &mut Gateway) -> SocketAddr {
-    let line = gw.wait_for_line("admin listening on ");
-    line.rsplit("admin listening on ")
-        .next()
-        .and_then(|a| a.trim().parse().ok())
-        .expect("admin address in the log")
-}
-
 /// `/metrics`, parsed.
 fn metrics(admin: SocketAddr) -> prometheus_parse::Scrape {
     let mut s = TcpStream::connect(admin).unwrap();
@@ -342,7 +333,7 @@ fn kill_and_revive(retries: &str) -> usize {
         targets(&addrs)
     );
     let mut gw = Gateway::start(&config(2, &upstream));
-    let admin = admin_addr(&mut gw);
+    let admin = gw.admin_addr();
     let victim = addrs[1];
     let load = Load::start(gw.addr, 4);
     eventually("traffic on every target", || {
@@ -584,7 +575,7 @@ fn retries_to_a_dead_upstream_stay_within_the_budget() {
         targets(&[dead.addr])
     );
     let mut gw = Gateway::start(&config(1, &upstream));
-    let admin = admin_addr(&mut gw);
+    let admin = gw.admin_addr();
     const REQUESTS: usize = 200;
     for _ in 0..REQUESTS {
         let (status, _, _) = exchange(&gw, b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n");
@@ -621,7 +612,7 @@ fn breaker_answers_the_11th_concurrent_request_at_once_with_503() {
         targets(&[slow.addr])
     );
     let mut gw = Gateway::start(&config(1, &upstream));
-    let admin = admin_addr(&mut gw);
+    let admin = gw.admin_addr();
     let mut held = Vec::new();
     for _ in 0..10 {
         let mut s = gw.connect();

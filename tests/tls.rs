@@ -157,10 +157,7 @@ fn start(driver: &str, upstream: SocketAddr, certs: &Certs) -> Running {
         rest.trim().trim_end_matches(" (tls)").parse().unwrap()
     };
     let tls = addr_in(gw.wait_for_line(" (tls)"), "listening on ");
-    let admin = addr_in(
-        gw.wait_for_line("admin listening on "),
-        "admin listening on ",
-    );
+    let admin = gw.admin_addr();
     Running { gw, tls, admin }
 }
 

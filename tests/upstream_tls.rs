@@ -184,14 +184,7 @@ struct Running {
 
 fn start(driver: &str, upstream: SocketAddr, tls: &str) -> Running {
     let mut gw = Gateway::start(&config(driver, upstream, tls));
-    let line = gw.wait_for_line("admin listening on ");
-    let admin = line
-        .rsplit("admin listening on ")
-        .next()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let admin = gw.admin_addr();
     Running { gw, admin }
 }
 

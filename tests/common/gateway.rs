@@ -82,6 +82,15 @@ impl Gateway {
     }
 
     /// The config file the gateway runs on (rewrite it, then SIGHUP, to reload).
+    /// The admin listener's address, from the log line that announces it.
+    pub fn admin_addr(&mut self) -> SocketAddr {
+        let line = self.wait_for_line("admin listening on ");
+        line.rsplit("admin listening on ")
+            .next()
+            .and_then(|a| a.trim().parse().ok())
+            .expect("admin address in the log")
+    }
+
     pub fn config_path(&self) -> &std::path::Path {
         &self._config.path
     }
