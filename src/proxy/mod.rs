@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 
 use crate::access::cors::{self, CorsRequest, Preflight};
-use crate::access::{RoutePolicy, Verdict};
+use crate::access::{write_header, RoutePolicy, Verdict};
 use crate::cache::{Hit, Key, Lookup};
 use crate::config::{
     Action, Balance, Builtin, CacheSettings, HashKey, LimitKey, RetryOn, Route,
@@ -326,9 +326,7 @@ async fn answer(w: &Worker, snap: &Current, c: ClientSide<'_>, s: &mut Scratch) 
             // go upstream; the access log makes its own for the others).
             if head.fields.get(buf, b"x-request-id").is_none() {
                 w.request_id(&mut s.request_id);
-                s.upstream_extra.extend_from_slice(b"X-Request-Id: ");
-                s.upstream_extra.extend_from_slice(&s.request_id);
-                s.upstream_extra.extend_from_slice(b"\r\n");
+                write_header(&mut s.upstream_extra, b"X-Request-Id", &s.request_id);
             }
             s.out.clear();
             let omit_request = policy.map(|p| |name: &[u8]| p.drops_request_header(name));
@@ -440,9 +438,7 @@ fn direct_fields(headers: &[(String, String)], out: &mut Vec<u8>) -> &'static [u
         if name.eq_ignore_ascii_case("content-type") {
             content_type = b"";
         }
-        for part in [name.as_bytes(), b": ", value.as_bytes(), b"\r\n"] {
-            out.extend_from_slice(part);
-        }
+        write_header(out, name.as_bytes(), value.as_bytes());
     }
     content_type
 }
