@@ -188,6 +188,20 @@ fn start(driver: &str, upstream: SocketAddr, tls: &str) -> Running {
     Running { gw, admin }
 }
 
+/// A request to `up` through a gateway whose `tls` refuses its certificate: 502, the failure
+/// logged with `reason` and counted, no request and no completed handshake at the upstream.
+fn refused_handshake(driver: &str, up: &TlsUpstream, tls: &str, reason: &str) {
+    let mut run = start(driver, up.addr, tls);
+    let mut client = BufReader::new(run.gw.connect());
+    let (status, _, _) = get_on(&mut client, "/x");
+    assert_eq!(status, 502);
+    let line = run.gw.wait_for_line("upstream TLS handshake failed");
+    assert!(line.contains(reason), "{line}");
+    assert!(up.requests().is_empty());
+    assert_eq!(up.handshakes.load(Ordering::SeqCst), 0);
+    assert_eq!(tls_errors(run.admin), 1.0);
+}
+
 /// `tls = { ca = ..., server_name = ... }` for `pki`'s bundle.
 fn tls_with(pki: &Pki, server_name: Option<&str>) -> String {
     match server_name {
@@ -238,29 +252,12 @@ on_both_drivers! {
     wrong_server_name_is_a_502_and_nothing_reaches_the_upstream(driver) {
         let pki = Pki::new();
         let up = TlsUpstream::spawn(&pki);
-        let mut run = start(driver, up.addr, &tls_with(&pki, Some("other.internal")));
-        let mut client = BufReader::new(run.gw.connect());
-        let (status, _, _) = get_on(&mut client, "/x");
-        assert_eq!(status, 502);
-        let line = run.gw.wait_for_line("upstream TLS handshake failed");
-        assert!(line.contains("name_mismatch"), "{line}");
-        assert!(up.requests().is_empty());
-        assert_eq!(up.handshakes.load(Ordering::SeqCst), 0);
-        assert_eq!(tls_errors(run.admin), 1.0);
+        refused_handshake(driver, &up, &tls_with(&pki, Some("other.internal")), "name_mismatch");
     }
 
     a_ca_that_did_not_sign_the_leaf_is_a_502(driver) {
-        let pki = Pki::new();
-        let stranger = Pki::new();
-        let up = TlsUpstream::spawn(&pki);
-        let mut run = start(driver, up.addr, &tls_with(&stranger, Some("api.internal")));
-        let mut client = BufReader::new(run.gw.connect());
-        let (status, _, _) = get_on(&mut client, "/x");
-        assert_eq!(status, 502);
-        let line = run.gw.wait_for_line("upstream TLS handshake failed");
-        assert!(line.contains("unknown_issuer"), "{line}");
-        assert!(up.requests().is_empty());
-        assert_eq!(tls_errors(run.admin), 1.0);
+        let up = TlsUpstream::spawn(&Pki::new());
+        refused_handshake(driver, &up, &tls_with(&Pki::new(), Some("api.internal")), "unknown_issuer");
     }
 
     an_upgrade_to_a_tls_upstream_is_refused(driver) {
