@@ -198,12 +198,7 @@ pub struct Generated<'a> {
 }
 
 pub fn generated(out: &mut Vec<u8>, g: &Generated<'_>) {
-    match g.ready {
-        Some(fields) => out.extend_from_slice(fields),
-        None => self::fields(out, g, g.body.len()),
-    }
-    connection(out, g.keep_alive, g.client_version, false);
-    out.extend_from_slice(b"\r\n");
+    generated_head(out, g, g.body.len());
     if !g.head_only {
         out.extend_from_slice(g.body);
     }
@@ -236,7 +231,10 @@ pub fn error_body(out: &mut Vec<u8>, status: u16) {
 }
 
 fn generated_head(out: &mut Vec<u8>, g: &Generated<'_>, body_len: usize) {
-    fields(out, g, body_len);
+    match g.ready {
+        Some(made) => out.extend_from_slice(made),
+        None => fields(out, g, body_len),
+    }
     connection(out, g.keep_alive, g.client_version, false);
     out.extend_from_slice(b"\r\n");
 }
