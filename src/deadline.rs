@@ -21,10 +21,9 @@ use monoio::time::Sleep;
 /// One timer for one kind of read on one connection.
 #[derive(Default)]
 pub struct Deadline {
-    /// Made on first use (a connection that never waits needs none).
+    /// Made on first use (a connection that never waits needs none); it fires at its
+    /// `deadline()`, never after the deadline of the read waiting on it.
     timer: Option<Pin<Box<Sleep>>>,
-    /// When the timer fires: never after the deadline of the read waiting on it.
-    armed: Option<Instant>,
     /// The timer holds this connection's waker: it was polled since it was made or moved.
     /// All of a connection's reads run in its one task, so that waker stays good, and a timer
     /// still registered needs no poll to keep it.
@@ -40,35 +39,29 @@ impl Deadline {
         at: Instant,
         mut read: Pin<&mut F>,
     ) -> Option<F::Output> {
+        let due = monoio::time::Instant::from(at);
         poll_fn(|cx| {
             if let Poll::Ready(done) = read.as_mut().poll(cx) {
                 return Poll::Ready(Some(done));
             }
             // An earlier deadline moves the timer now; a later one waits until it fires.
-            let moved = self.armed.is_none_or(|armed| at < armed);
-            let Deadline {
-                timer,
-                armed,
-                polled,
-            } = self;
-            let timer = match timer {
-                Some(timer) => {
-                    if moved {
-                        timer.as_mut().reset(at.into());
-                    }
+            let timer = match &mut self.timer {
+                Some(timer) if due < timer.deadline() => {
+                    timer.as_mut().reset(due);
+                    self.polled = false;
                     timer
                 }
-                slot => slot.insert(Box::pin(monoio::time::sleep_until(at.into()))),
+                Some(timer) => timer,
+                slot => {
+                    self.polled = false;
+                    slot.insert(Box::pin(monoio::time::sleep_until(due)))
+                }
             };
-            if moved {
-                *armed = Some(at);
-                *polled = false;
-            }
             loop {
-                if *polled && !timer.is_elapsed() {
+                if self.polled && !timer.is_elapsed() {
                     return Poll::Pending;
                 }
-                *polled = true;
+                self.polled = true;
                 if timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
@@ -76,9 +69,8 @@ impl Deadline {
                 if Instant::now() >= at {
                     return Poll::Ready(None);
                 }
-                timer.as_mut().reset(at.into());
-                *armed = Some(at);
-                *polled = false;
+                timer.as_mut().reset(due);
+                self.polled = false;
             }
         })
         .await
