@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::{AccessLog, LogFormat, LogSettings};
-use crate::http::encode::decimal;
+use crate::http::encode::{decimal, hex_pair};
 
 /// Bumped by the control thread on SIGUSR1; workers compare it when they flush, not per
 /// request.
@@ -233,10 +233,8 @@ fn json_str(b: &mut Vec<u8>, s: &[u8]) {
             b'\\' => b.extend_from_slice(b"\\\\"),
             0x20..=0x7e => b.push(c),
             _ => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
                 b.extend_from_slice(b"\\u00");
-                b.push(HEX[usize::from(c >> 4)]);
-                b.push(HEX[usize::from(c & 0xf)]);
+                b.extend_from_slice(&hex_pair(c));
             }
         }
     }

@@ -21,6 +21,7 @@ use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use super::{write_header, Denial, Reason, Verdict};
 use crate::http::chars::is_tchar;
+use crate::http::encode::hex_pair;
 
 /// Why a key file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -43,14 +44,11 @@ pub enum KeyFileError {
 pub fn hash_key(key: &str) -> String {
     let digest = digest(&SHA256, key.as_bytes());
     let mut hex = String::with_capacity(64);
-    for b in digest.as_ref() {
-        hex.push(char::from(HEX[usize::from(b >> 4)]));
-        hex.push(char::from(HEX[usize::from(b & 0xf)]));
+    for &b in digest.as_ref() {
+        hex.extend(hex_pair(b).map(char::from));
     }
     hex
 }
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 fn unhex(d: u8) -> Option<u8> {
     match d {

@@ -131,7 +131,7 @@ impl Worker {
         let (high, low) = id.split_at_mut(8);
         for (digits, word) in [(high, *prefix), (low, n)] {
             for (pair, byte) in digits.iter_mut().zip(word.to_be_bytes()) {
-                *pair = HEX_PAIRS[usize::from(byte)];
+                *pair = crate::http::encode::hex_pair(byte);
             }
         }
         out.extend_from_slice(id.as_flattened());
@@ -314,18 +314,6 @@ impl std::ops::Deref for Current {
         &self.snapshot
     }
 }
-
-/// The two lowercase hex digits of each byte value.
-const HEX_PAIRS: [[u8; 2]; 256] = {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut pairs = [[0; 2]; 256];
-    let mut i = 0;
-    while i < 256 {
-        pairs[i] = [DIGITS[i >> 4], DIGITS[i & 15]];
-        i += 1;
-    }
-    pairs
-};
 
 /// 64 random bits from the kernel (the clock and the thread as a fallback).
 fn random_u64() -> u64 {
