@@ -7,6 +7,8 @@
 mod config_check;
 #[path = "common/gateway.rs"]
 mod gateway;
+#[path = "common/pki.rs"]
+mod pki;
 
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -16,58 +18,11 @@ use config_check::reject;
 use gateway::{
     closed, get_on, on_both_drivers, read_response, scrape, Gateway, TempFile, Upstream, PATIENCE,
 };
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use pki::{Leaf, Pki};
 use ringgate::config;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
-
-/// A test CA.
-struct Pki {
-    ca: rcgen::Certificate,
-    key: KeyPair,
-}
-
-/// A leaf certificate and its key, in PEM files the gateway reads.
-struct Leaf {
-    der: CertificateDer<'static>,
-    cert: TempFile,
-    key: TempFile,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "ringgate test CA");
-        let ca = params.self_signed(&key).unwrap();
-        Pki { ca, key }
-    }
-
-    fn leaf(&self, names: &[&str]) -> Leaf {
-        let key = KeyPair::generate().unwrap();
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(names.clone()).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, names.join(" "));
-        let cert = params.signed_by(&key, &self.ca, &self.key).unwrap();
-        Leaf {
-            der: cert.der().clone(),
-            cert: TempFile::new("crt", cert.pem().as_bytes()),
-            key: TempFile::new("key", key.serialize_pem().as_bytes()),
-        }
-    }
-
-    fn roots(&self) -> rustls::RootCertStore {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.der().clone()).unwrap();
-        roots
-    }
-}
 
 impl Leaf {
     /// Writes `other`'s certificate and key over this leaf's files (a renewal on disk).

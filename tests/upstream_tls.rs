@@ -7,6 +7,8 @@
 mod config_check;
 #[path = "common/gateway.rs"]
 mod gateway;
+#[path = "common/pki.rs"]
+mod pki;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -15,50 +17,9 @@ use std::sync::{Arc, Mutex};
 
 use config_check::reject;
 use gateway::{get_on, on_both_drivers, read_response, scrape, Gateway, TempFile, PATIENCE};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use pki::Pki;
 use ringgate::config;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
-
-/// A test CA.
-struct Pki {
-    ca: rcgen::Certificate,
-    key: KeyPair,
-    /// The CA certificate as a PEM file (the gateway's `ca`).
-    pem: TempFile,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        // Each CA its own name: a stranger CA named like the real one would be taken for
-        // the issuer and fail on the signature instead of being unknown.
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("ringgate upstream test CA {n}"));
-        let ca = params.self_signed(&key).unwrap();
-        let pem = TempFile::new("pem", ca.pem().as_bytes());
-        Pki { ca, key, pem }
-    }
-
-    /// A leaf for `names` (DNS names or IP addresses), signed by this CA: (chain, key).
-    fn leaf(&self, names: &[&str]) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-        let key = KeyPair::generate().unwrap();
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(names.clone()).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, names.join(" "));
-        let cert = params.signed_by(&key, &self.ca, &self.key).unwrap();
-        let key = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap();
-        (vec![cert.der().clone()], key)
-    }
-}
 
 /// A TLS upstream: answers every GET with 200 and `ok:PATH`, keeps connections alive, and
 /// counts TCP connections, completed handshakes and requests.
@@ -71,13 +32,13 @@ struct TlsUpstream {
 
 impl TlsUpstream {
     fn spawn(pki: &Pki) -> TlsUpstream {
-        let (chain, key) = pki.leaf(&["api.internal", "127.0.0.1"]);
+        let leaf = pki.leaf(&["api.internal", "127.0.0.1"]);
         let mut config =
             ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()
                 .unwrap()
                 .with_no_client_auth()
-                .with_single_cert(chain, key)
+                .with_single_cert(vec![leaf.der.clone()], leaf.private_key())
                 .unwrap();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let config = Arc::new(config);
