@@ -118,6 +118,51 @@ on_both_drivers! {
         }
     }
 
+    // A client with a fixed receive window pipelines direct answers of 8 MiB, more than the
+    // gateway's send buffer can ever hold, between proxied requests: the gateway's first send
+    // of each big answer can only take part of it, and the rest goes out through the driver,
+    // whole and before the next response.
+    large_answers_to_a_fixed_window_arrive_whole_and_in_order(driver) {
+        const SIZE: usize = 8 << 20;
+        let up = Upstream::spawn(|seen, s| {
+            let path = seen.head.split(' ').nth(1).unwrap().to_owned();
+            let r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}", path.len());
+            s.write_all(r.as_bytes()).is_ok()
+        });
+        let big: String = (0..SIZE).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        let toml = config(driver, &up.addr.to_string(), "", "")
+            + &format!("\n[[routes]]\nhost = \"big.example\"\npath_prefix = \"/\"\nrespond = {{ status = 200, body = \"{big}\" }}\n");
+        let gw = Gateway::start(&toml);
+        let s = gw.connect();
+        // Locked, so it does not grow; above the loopback MSS, so the window still opens.
+        let window: libc::c_int = 256 * 1024;
+        // SAFETY: a valid socket, and a c_int option value of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&window as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        let mut requests = String::new();
+        for n in 0..3 {
+            requests += "GET / HTTP/1.1\r\nHost: big.example\r\n\r\n";
+            requests += &format!("GET /{n} HTTP/1.1\r\nHost: api.example\r\n\r\n");
+        }
+        (&s).write_all(requests.as_bytes()).unwrap();
+        let mut r = BufReader::new(s);
+        for n in 0..3 {
+            let (status, _, body) = read_response(&mut r);
+            assert_eq!((status, body.len()), (200, SIZE), "big answer {n}");
+            assert!(body == big.as_bytes(), "big answer {n}: other bytes than configured");
+            let (status, _, body) = read_response(&mut r);
+            assert_eq!((status, body), (200, format!("/{n}").into_bytes()), "after big answer {n}");
+        }
+    }
+
     upstream_connections_are_reused(driver) {
         let up = Upstream::ok("pong");
         let gw = Gateway::start(&config(driver, &up.addr.to_string(), "", ""));

@@ -411,7 +411,7 @@ async fn open(
     let Some(tls) = &ctx.up.tls else {
         return connect(target, limit)
             .await
-            .map(|s| Wire::new(s, 16 * 1024));
+            .map(|s| Wire::new(s, 16 * 1024, w.direct_sends()));
     };
     let began = std::time::Instant::now();
     let stream = connect(target, limit).await?;

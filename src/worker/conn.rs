@@ -50,7 +50,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr, tls: bool
             None => return,
         }
     } else {
-        Wire::new(stream, 16 * 1024)
+        Wire::new(stream, 16 * 1024, w.direct_sends())
     };
     let mut head = RequestHead::new(&limits);
     let mut scratch = Scratch::new(&limits);

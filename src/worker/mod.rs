@@ -66,6 +66,12 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// Whether this worker's plain sends try `send(2)` before the driver's op: a saving on
+    /// epoll, a loss on io_uring ([`Wire::new`](crate::wire::Wire::new)).
+    pub fn direct_sends(&self) -> bool {
+        self.driver == RunningDriver::Epoll
+    }
+
     pub fn new(
         id: usize,
         workers: usize,
