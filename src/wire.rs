@@ -195,39 +195,18 @@ impl Wire {
     /// Writes all of `buf` on a plain stream. With `direct_sends`, first one non-blocking
     /// `send(2)` from this task, which takes a whole head or small body nearly always, and
     /// only what it leaves goes through the driver. On epoll that skips monoio's op (its
-    /// slab, the readiness check, the waker): 9,521 → 8,933 instructions per proxied GET
-    /// (callgrind). On io_uring it is a loss: the extra system calls (two per request, where
-    /// the ring submits ~4 requests' operations per `io_uring_enter`) cost more user and
-    /// system time than the wake-ups they save (docs/performance.md, fourth pass). With
-    /// every send awaited, nothing else is in flight on the socket, so bytes stay in order.
+    /// slab, the readiness check, the waker) for the same system call: 9,521 → 8,993
+    /// instructions per proxied GET (callgrind). On io_uring it is a loss: one
+    /// `io_uring_enter` carries the operations of one or more requests, and two more system
+    /// calls per request cost more user and system time than the wake-ups they save
+    /// (docs/performance.md, fourth pass). With every send awaited, nothing else is in flight
+    /// on the socket, so the bytes stay in order.
     async fn send_plain<B: IoBuf + 'static>(&mut self, buf: B) -> (io::Result<()>, B) {
         let len = buf.bytes_init();
-        let now = if self.direct_sends {
-            // SAFETY: an IoBuf's read_ptr is valid for bytes_init bytes while `buf` lives,
-            // and send(2) only reads them.
-            let n = unsafe {
-                libc::send(
-                    self.stream.as_raw_fd(),
-                    buf.read_ptr().cast(),
-                    len,
-                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                )
-            };
-            match usize::try_from(n) {
-                Ok(n) => n,
-                Err(_) => match io::Error::last_os_error() {
-                    e if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                    ) =>
-                    {
-                        0
-                    }
-                    e => return (Err(e), buf),
-                },
-            }
-        } else {
-            0
+        let now = match self.direct_sends.then(|| self.send_now(&buf)) {
+            None => 0,
+            Some(Ok(n)) => n,
+            Some(Err(e)) => return (Err(e), buf),
         };
         self.sent += now as u64;
         if now >= len {
@@ -236,6 +215,34 @@ impl Wire {
         let (res, rest) = self.stream.write_all(buf.slice(now..)).await;
         self.sent += res.as_ref().map_or(0, |&n| n as u64);
         (res.map(drop), rest.into_inner())
+    }
+
+    /// One non-blocking `send(2)` of `buf`'s bytes: how many the socket took, 0 when its
+    /// buffer is full.
+    fn send_now(&self, buf: &impl IoBuf) -> io::Result<usize> {
+        // SAFETY: an IoBuf's read_ptr is valid for bytes_init bytes while `buf` lives, and
+        // send(2) only reads them.
+        let n = unsafe {
+            libc::send(
+                self.stream.as_raw_fd(),
+                buf.read_ptr().cast(),
+                buf.bytes_init(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        match usize::try_from(n) {
+            Ok(n) => Ok(n),
+            Err(_) => match io::Error::last_os_error() {
+                e if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+                {
+                    Ok(0)
+                }
+                e => Err(e),
+            },
+        }
     }
 
     /// The stream, the bytes received but not consumed, and the TLS session if there is one,
