@@ -9,26 +9,13 @@ use std::time::Duration;
 #[path = "common/config_check.rs"]
 mod config_check;
 
-use config_check::{parse, reject};
+use config_check::{assert_rejects, parse, reject};
 use ringgate::config::{
     self, Action, Balance, Builtin, ConfigError, Driver, HostMatch, Listen, UpstreamKind, Workers,
 };
 use ringgate::http::Limits;
 
 const SERVER: &str = "[server]\nlisten = [\"127.0.0.1:8080\"]\n";
-
-fn assert_rejects(text: &str, line: usize, column: usize, key: &str, message_part: &str) {
-    let (l, c, k, m) = reject(text);
-    assert_eq!(
-        (l, c, k.as_str()),
-        (line, column, key),
-        "position or key of: {m}\n{text}"
-    );
-    assert!(
-        m.contains(message_part),
-        "message {m:?} lacks {message_part:?}"
-    );
-}
 
 /// A plain-HTTP `server.listen` item.
 fn plain(s: &str) -> Listen {

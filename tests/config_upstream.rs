@@ -7,7 +7,7 @@ use std::time::Duration;
 #[path = "common/config_check.rs"]
 mod config_check;
 
-use config_check::{parse, reject};
+use config_check::{assert_rejects, parse};
 use ringgate::config::{
     Balance, Breaker, HashKey, HealthCheck, OutlierDetection, Retries, RetryOn, StatusRange,
     UpstreamKind,
@@ -19,19 +19,6 @@ fn upstream(lines: &str) -> String {
         "[server]\nlisten = [\"127.0.0.1:8080\"]\n[upstreams.api]\n{lines}\n\
          [[routes]]\npath_prefix = \"/\"\nupstream = \"api\"\n"
     )
-}
-
-fn assert_rejects(text: &str, line: usize, column: usize, key: &str, message_part: &str) {
-    let (l, c, k, message) = reject(text);
-    assert_eq!(
-        (l, c, k.as_str()),
-        (line, column, key),
-        "position or key of: {message}\n{text}"
-    );
-    assert!(
-        message.contains(message_part),
-        "message {message:?} lacks {message_part:?}"
-    );
 }
 
 #[test]

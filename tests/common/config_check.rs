@@ -29,3 +29,18 @@ pub fn reject(text: &str) -> (usize, usize, String, String) {
         other => panic!("expected a rejection, got {other:?}\n{text}"),
     }
 }
+
+/// Asserts that `text` is refused at `line`:`column` under `key`, with a message containing
+/// `message_part`.
+pub fn assert_rejects(text: &str, line: usize, column: usize, key: &str, message_part: &str) {
+    let (l, c, k, message) = reject(text);
+    assert_eq!(
+        (l, c, k.as_str()),
+        (line, column, key),
+        "position or key of: {message}\n{text}"
+    );
+    assert!(
+        message.contains(message_part),
+        "message {message:?} lacks {message_part:?}"
+    );
+}
