@@ -14,6 +14,9 @@ Subcommands:
                                FRACTION x the median rps of SERVER in SCENARIO (for oha -q)
   report RUNS.jsonl META.json OUTDIR
                                results.json, table.md and chart.svg in OUTDIR; the table on stdout
+  scaling OUTDIR RUNDIR...     scaling.json and scaling.md in OUTDIR from the results.json of
+                               runs that differ in worker count (loadtest/scale); the table on
+                               stdout
 """
 
 import json
@@ -535,6 +538,82 @@ def cmd_report(runs_path, meta_path, outdir):
     sys.stdout.write(md)
 
 
+# A run whose server kept its cores at least this busy was limited by the server; below it, by
+# the client or the backend (or a neighbour), and its rps say nothing about the server's limit.
+SERVER_BOUND = 0.95
+
+
+def scaling(results):
+    """Per scenario and server, one row per worker count: rps, rps against the fewest workers',
+    per-worker efficiency, CPU per request, cores busy and which side was the limit."""
+    results = sorted(results, key=lambda r: r["meta"]["args"]["workers"])
+    out = {}
+    for res in results:
+        n = res["meta"]["args"]["workers"]
+        for scenario, by_server in res["summary"].items():
+            for server, s in by_server.items():
+                rows = out.setdefault(scenario, {}).setdefault(server, [])
+                cores = s.get("cpu_cores")
+                bound = None
+                if cores is not None:
+                    bound = "server" if cores >= SERVER_BOUND * n else "client"
+                row = {"workers": n, "rps": s.get("rps"), "total_us": s.get("total_us"),
+                       "user_us": s.get("user_us"), "cpu_cores": cores, "bound": bound}
+                base = rows[0] if rows else row
+                row["speedup"] = ratio(row["rps"], base["rps"])
+                row["efficiency"] = ratio(row["speedup"], n / base["workers"])
+                rows.append(row)
+    return out
+
+
+def scaling_table(results, rows):
+    metas = [r["meta"] for r in results]
+    m = metas[0]
+    lines = [f"## ringgate scaling, {metas[0]['date']} to {metas[-1]['date']}", ""]
+    lines.append(
+        f"{m['machine']['nproc']} CPUs ({m['machine']['cpu_model']}), kernel "
+        f"{m['machine']['kernel']}; ringgate on {m.get('ringgate_driver', 'unknown')}; "
+        f"{m['args']['rounds']} round(s) x {m['args']['duration']} s per point. A point is "
+        f"server-bound when the server kept at least {SERVER_BOUND:.0%} of its cores busy; "
+        "a client-bound point's rps are the load generator's and the backend's limit, "
+        "not the server's.")
+    lines.append("")
+    lines.append("Commands:")
+    lines.append("")
+    for meta in metas:
+        lines.append(f"- `{meta['command']}`")
+    for scenario, by_server in rows.items():
+        lines.append("")
+        lines.append(f"### {SCENARIO_TITLES.get(scenario, scenario)}")
+        lines.append("")
+        lines.append("| server | workers | rps | × fewest workers | per worker | CPU µs/req "
+                     "| user µs/req | cores busy | limited by |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+        for server in SERVERS:
+            for r in by_server.get(server, []):
+                lines.append(
+                    f"| {server} | {r['workers']} | {fmt(r['rps'], 0)} | {fmt_x(r['speedup'])} "
+                    f"| {fmt_x(r['efficiency'])} | {fmt(r['total_us'], 2)} "
+                    f"| {fmt(r['user_us'], 2)} | {fmt(r['cpu_cores'], 2)} "
+                    f"| {r['bound'] or '–'} |")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_scaling(outdir, rundirs):
+    results = [json.loads((Path(d) / "results.json").read_text()) for d in rundirs]
+    if not results:
+        sys.exit("scaling: no run directories given")
+    results.sort(key=lambda r: r["meta"]["args"]["workers"])
+    rows = scaling(results)
+    md = scaling_table(results, rows)
+    outdir = Path(outdir)
+    (outdir / "scaling.md").write_text(md)
+    (outdir / "scaling.json").write_text(json.dumps(
+        {"runs": [{"meta": r["meta"], "summary": r["summary"]} for r in results],
+         "scaling": rows}, indent=2) + "\n")
+    sys.stdout.write(md)
+
+
 def main(argv):
     if len(argv) >= 2 and argv[1] == "progress" and len(argv) == 3:
         cmd_progress(argv[2])
@@ -542,6 +621,8 @@ def main(argv):
         cmd_rate(*argv[2:])
     elif len(argv) == 5 and argv[1] == "report":
         cmd_report(*argv[2:])
+    elif len(argv) >= 4 and argv[1] == "scaling":
+        cmd_scaling(argv[2], argv[3:])
     else:
         sys.exit(__doc__)
 
