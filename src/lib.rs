@@ -15,7 +15,8 @@
 //!   connection's read timers, moved lazily;
 //! - [`tls`]: certificates, SNI and the rustls config; a connection's TLS session;
 //! - [`worker`]: one runtime per core, accept loops, connections, drain;
-//! - [`server`]: binding, starting and stopping workers; [`control`]: sd_notify;
+//! - [`server`]: binding, starting and stopping workers; [`fd_limit`]: the open-file limit;
+//!   [`control`]: sd_notify;
 //! - [`error`], [`metrics`], [`accesslog`]: failure classes, per-worker counters, the
 //!   access log.
 
@@ -26,6 +27,7 @@ pub mod config;
 pub mod control;
 pub mod deadline;
 pub mod error;
+pub mod fd_limit;
 pub mod http;
 pub mod metrics;
 pub mod proxy;

@@ -16,6 +16,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::{Config, Listen, Steer, Workers};
 use crate::control::health;
+use crate::fd_limit;
 use crate::routing::SharedSnapshot;
 use crate::worker::{self, accept, RunningDriver, Worker};
 
@@ -27,6 +28,30 @@ pub enum ServerError {
     Worker { worker: usize, source: io::Error },
     #[error("cannot start the health-check thread: {0}")]
     HealthChecks(io::Error),
+}
+
+/// Raises the open-file limit for `workers` workers at `max_connections` each, and warns when
+/// the limit stays below what they may hold.
+fn open_file_limit(workers: usize, max_connections: usize) {
+    match fd_limit::raise() {
+        Ok(limit) => {
+            if let Some(before) = limit.raised_from {
+                tracing::info!("open-file limit raised from {before} to {}", limit.soft);
+            }
+            let needed = fd_limit::needed(workers, max_connections);
+            if limit.soft < needed {
+                tracing::warn!(
+                    limit = limit.soft,
+                    needed,
+                    "open-file limit below what {workers} worker(s) at server.max_connections \
+                     {max_connections} may hold (a client and an upstream socket each): past it \
+                     accepts fail (EMFILE) until connections close; raise LimitNOFILE or \
+                     `ulimit -n`, or lower server.max_connections"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
 }
 
 /// A running gateway.
@@ -67,6 +92,7 @@ impl Server {
             .iter()
             .filter_map(|l| l.local_addr().ok())
             .collect();
+        open_file_limit(workers, config.server.max_connections);
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let pin = config.server.pin;
         let driver = config.server.driver;

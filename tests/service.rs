@@ -10,7 +10,7 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use gateway::{read_response, Gateway, TempFile, Upstream, PATIENCE};
+use gateway::{exchange, read_response, Gateway, TempFile, Upstream, PATIENCE};
 
 /// One route to `upstream`, on the given listen address (after the first start, the port the
 /// gateway got, so a reload keeps it).
@@ -405,4 +405,66 @@ fn reload_opens_and_closes_listeners() {
     assert!(refusal.contains("cannot listen on"), "{refusal}");
     assert_eq!(get(second), 200);
     assert!(gw.log.iter().filter(|l| l.contains("reloaded")).count() == 2);
+}
+
+/// Starts the gateway on `config` with open-file limits `soft` and `hard`.
+fn start_with_nofile(config: &str, soft: u64, hard: u64) -> Gateway {
+    use std::os::unix::process::CommandExt;
+    Gateway::start_with_command(config, |cmd| {
+        // SAFETY: setrlimit is async-signal-safe and changes only the child's limits.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: soft,
+                    rlim_max: hard,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    })
+}
+
+/// The soft and hard open-file limits the kernel reports for `pid`.
+fn nofile_of(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .expect("a Max open files line");
+    let mut values = line.split_whitespace().map(|v| v.parse::<u64>().unwrap());
+    (values.next().unwrap(), values.next().unwrap())
+}
+
+#[test]
+fn a_low_soft_open_file_limit_is_raised_to_the_hard_one_at_start() {
+    let (_, ours) = nofile_of(std::process::id());
+    let hard = ours.min(8192);
+    assert!(
+        hard > 256,
+        "the test needs a hard limit above 256, has {ours}"
+    );
+    let up = Upstream::ok("x");
+    let mut gw = start_with_nofile(&config("{listen}", up.addr), 256, hard);
+    gw.wait_for_line(&format!("open-file limit raised from 256 to {hard}"));
+    assert_eq!(nofile_of(gw.pid()), (hard, hard));
+    let (status, _, body) = exchange(&gw, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!((status, body.as_slice()), (200, b"x".as_slice()));
+}
+
+#[test]
+fn an_open_file_limit_short_of_max_connections_is_logged_and_served_within() {
+    let up = Upstream::ok("x");
+    let mut gw = start_with_nofile(&config("{listen}", up.addr), 256, 256);
+    // Two workers at the default 16384 connections, two descriptors each, and 64 kept aside.
+    let warning = gw.wait_for_line("open-file limit below");
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(warning.contains("limit=256"), "{warning}");
+    assert!(warning.contains("needed=65600"), "{warning}");
+    assert!(!gw.log.iter().any(|l| l.contains("open-file limit raised")));
+    assert_eq!(nofile_of(gw.pid()), (256, 256));
+    let (status, _, body) = exchange(&gw, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!((status, body.as_slice()), (200, b"x".as_slice()));
 }

@@ -32,16 +32,22 @@ impl Gateway {
 
     /// As [`Gateway::start`], with extra environment variables (e.g. NOTIFY_SOCKET).
     pub fn start_with_env(toml: &str, env: &[(&str, &str)]) -> Gateway {
+        Gateway::start_with_command(toml, |cmd| {
+            cmd.envs(env.iter().copied());
+        })
+    }
+
+    /// As [`Gateway::start`], after `tweak` has had the command (environment, limits).
+    pub fn start_with_command(toml: &str, tweak: impl FnOnce(&mut Command)) -> Gateway {
         let config = TempFile::new("toml", toml.replace("{listen}", "127.0.0.1:0").as_bytes());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringgate"))
-            .args(["run", "--config"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringgate"));
+        cmd.args(["run", "--config"])
             .arg(&config.path)
-            .envs(env.iter().copied())
             .env("RINGGATE_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ringgate");
+            .stderr(Stdio::piped());
+        tweak(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn ringgate");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
