@@ -856,18 +856,49 @@ fn parse_fields(
 
 /// Whether the field name `name` is `known` (lowercase letters and `-`) in any case. `name`
 /// holds tchars only: setting bit 0x20 lowercases a letter and turns no other tchar into a
-/// letter or `-`, so one OR and one compare per byte decide, without branches (the byte-wise
-/// `eq_ignore_ascii_case` was 4% of a proxied request's instructions).
+/// letter or `-`, so one OR and one compare decide, without branches (the byte-wise
+/// `eq_ignore_ascii_case` was 4% of a proxied request's instructions). Names of 4 bytes and
+/// more are compared as overlapping words, the first and the last 4 or 8 bytes (a byte
+/// at a time cost about 3 instructions a byte, twice for a 10-byte name that is neither
+/// Connection nor Keep-Alive).
 #[inline(always)]
 fn lower_is<const N: usize>(name: &[u8], known: &[u8; N]) -> bool {
     let Some(name) = name.first_chunk::<N>() else {
         return false;
     };
-    let mut diff = 0;
-    for (a, b) in name.iter().zip(known) {
-        diff |= (a | 0x20) ^ b;
+    // Three words cover up to 24 bytes; the longest known name has 17.
+    const { assert!(N <= 24) };
+    if N >= 8 {
+        let mut diff =
+            word_differs::<8>(name, known, 0) | word_differs::<8>(name, known, N.saturating_sub(8));
+        if N > 16 {
+            diff |= word_differs::<8>(name, known, 8);
+        }
+        diff == 0
+    } else if N >= 4 {
+        word_differs::<4>(name, known, 0) | word_differs::<4>(name, known, N.saturating_sub(4)) == 0
+    } else {
+        let mut diff = 0;
+        for (a, b) in name.iter().zip(known) {
+            diff |= (a | 0x20) ^ b;
+        }
+        diff == 0
     }
-    diff == 0
+}
+
+/// The bits in which the `W` bytes of `name` at `at`, with bit 0x20 set in each, differ
+/// from those of `known` (0 when they match).
+#[inline(always)]
+fn word_differs<const W: usize>(name: &[u8], known: &[u8], at: usize) -> u64 {
+    let word = |bytes: &[u8]| {
+        let mut w = [0u8; 8];
+        if let (Some(dst), Some(src)) = (w.get_mut(..W), bytes.get(at..at + W)) {
+            dst.copy_from_slice(src);
+        }
+        u64::from_le_bytes(w)
+    };
+    let fold = 0x2020_2020_2020_2020_u64 >> (64 - 8 * W);
+    (word(name) | fold) ^ word(known)
 }
 
 /// Content-Length (RFC 9110 §8.6): 1*DIGIT, or a list of identical such values.
