@@ -14,7 +14,7 @@ Subcommands:
                                FRACTION x the median rps of SERVER in SCENARIO (for oha -q)
   report RUNS.jsonl META.json OUTDIR
                                results.json, table.md and chart.svg in OUTDIR; the table on stdout
-  scaling OUTDIR RUNDIR...     scaling.json and scaling.md in OUTDIR from the results.json of
+  scaling OUTDIR RUNDIR...     scaling.json, scaling.md and scaling.svg in OUTDIR from the results.json of
                                runs that differ in worker count (loadtest/scale); the table on
                                stdout
 """
@@ -599,6 +599,82 @@ def scaling_table(results, rows):
     return "\n".join(lines) + "\n"
 
 
+def scaling_chart(results, rows):
+    """One panel per scenario: rps against workers, a line per server; a filled dot is a
+    server-bound point, a hollow one client-bound; the dashed line is ringgate's first point
+    times the workers."""
+    meta = results[0]["meta"]
+    scenarios = list(rows)
+    panel_w, panel_h, gap = 360, 260, 70
+    left, top = 80, 100
+    width = left + len(scenarios) * (panel_w + gap)
+    height = top + panel_h + 50
+    most = max(r["meta"]["args"]["workers"] for r in results)
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{left}" y="22" font-size="15" font-weight="bold">'
+        f'ringgate vs nginx vs HAProxy: rps by worker count</text>',
+        f'<text x="{left}" y="40" fill="#555">{esc(meta["machine"]["nproc"])} CPUs, kernel '
+        f'{esc(meta["machine"]["kernel"])}; workers on cores 0..N-1, wrk and the backend on '
+        f'the rest; filled = server-bound, hollow = client-bound</text>',
+    ]
+    lx = left
+    for server in SERVERS:
+        out.append(f'<rect x="{lx}" y="50" width="12" height="12" fill="{COLOURS[server]}"/>')
+        out.append(f'<text x="{lx + 16}" y="60">{server}</text>')
+        lx += 90
+    out.append(f'<line x1="{lx}" x2="{lx + 20}" y1="56" y2="56" stroke="#999" '
+               f'stroke-dasharray="4 3"/>')
+    out.append(f'<text x="{lx + 26}" y="60">ringgate x workers</text>')
+    for pi, scenario in enumerate(scenarios):
+        x0 = left + pi * (panel_w + gap)
+        series = rows[scenario]
+        rg = series.get("ringgate", [])
+        ideal = rg[0]["rps"] / rg[0]["workers"] * most if rg and rg[0]["rps"] else 0
+        peak = max([r["rps"] or 0 for srv in series.values() for r in srv] + [ideal])
+        vmax, step = nice_axis(peak)
+
+        def at(n, v, x0=x0, vmax=vmax):
+            return x0 + panel_w * n / most, top + panel_h - panel_h * v / vmax
+
+        out.append(f'<text x="{x0}" y="{top - 8}" font-size="13" font-weight="bold">'
+                   f'{esc(scenario)}</text>')
+        for i in range(round(vmax / step) + 1):
+            _, y = at(0, step * i)
+            out.append(f'<line x1="{x0}" x2="{x0 + panel_w}" y1="{y:.1f}" y2="{y:.1f}" '
+                       f'stroke="#ddd"/>')
+            out.append(f'<text x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#555">'
+                       f'{step * i / 1000:,.0f}k</text>')
+        for n in sorted({r["meta"]["args"]["workers"] for r in results}):
+            x, y = at(n, 0)
+            out.append(f'<text x="{x:.1f}" y="{y + 16:.1f}" text-anchor="middle">{n}</text>')
+        x, y = at(most / 2, 0)
+        out.append(f'<text x="{x:.1f}" y="{y + 32:.1f}" text-anchor="middle" fill="#555">'
+                   f'workers</text>')
+        if ideal:
+            (x1, y1), (x2, y2) = at(0, 0), at(most, ideal)
+            out.append(f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" '
+                       f'stroke="#999" stroke-dasharray="4 3"/>')
+        for server in SERVERS:
+            points = [r for r in series.get(server, []) if r["rps"] is not None]
+            colour = COLOURS[server]
+            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in (at(r["workers"], r["rps"])
+                                                            for r in points))
+            out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" '
+                       f'stroke-width="2"/>')
+            for r in points:
+                x, y = at(r["workers"], r["rps"])
+                fill = colour if r["bound"] == "server" else "white"
+                out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{fill}" '
+                           f'stroke="{colour}" stroke-width="2"><title>{server}, '
+                           f'{r["workers"]} workers: {r["rps"]:,.0f} rps, {r["bound"]}-bound'
+                           f'</title></circle>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
 def cmd_scaling(outdir, rundirs):
     results = [json.loads((Path(d) / "results.json").read_text()) for d in rundirs]
     if not results:
@@ -608,6 +684,7 @@ def cmd_scaling(outdir, rundirs):
     md = scaling_table(results, rows)
     outdir = Path(outdir)
     (outdir / "scaling.md").write_text(md)
+    (outdir / "scaling.svg").write_text(scaling_chart(results, rows))
     (outdir / "scaling.json").write_text(json.dumps(
         {"runs": [{"meta": r["meta"], "summary": r["summary"]} for r in results],
          "scaling": rows}, indent=2) + "\n")
