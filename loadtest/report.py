@@ -386,6 +386,24 @@ def esc(s):
     return str(s).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def svg_start(width, height, left, title, subtitle):
+    """The opening of a chart: the canvas, a title and a subtitle (both already escaped), and
+    a colour swatch per server. Returns the lines and the x where the legend may go on."""
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{left}" y="22" font-size="15" font-weight="bold">{title}</text>',
+        f'<text x="{left}" y="40" fill="#555">{subtitle}</text>',
+    ]
+    lx = left
+    for server in SERVERS:
+        out.append(f'<rect x="{lx}" y="50" width="12" height="12" fill="{COLOURS[server]}"/>')
+        out.append(f'<text x="{lx + 16}" y="60">{server}</text>')
+        lx += 90
+    return out, lx
+
+
 def chart(meta, summary):
     """Grouped bars per scenario: CPU µs/req (user solid, sys light) above, rps below."""
     scenarios = [s for s in meta["scenarios"] if s in summary]
@@ -395,23 +413,12 @@ def chart(meta, summary):
     # Wide enough for the titles and legend even with a single scenario.
     width = max(780, left + right + max(1, len(scenarios)) * group_w)
     height = top + 2 * panel_h + panel_gap + 124
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
-        f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<text x="{left}" y="22" font-size="15" font-weight="bold">'
-        f'ringgate vs nginx vs HAProxy, {esc(meta["date"])}</text>',
-        f'<text x="{left}" y="40" fill="#555">{esc(meta["machine"]["nproc"])} CPUs, '
-        f'kernel {esc(meta["machine"]["kernel"])}; {meta["args"]["workers"]} worker(s) each, '
-        f'c={meta["args"]["conns"]}, {meta["args"]["rounds"]} round(s) x '
-        f'{meta["args"]["duration"]} s; medians</text>',
-    ]
     # Legend: one swatch per server, then what solid and light mean.
-    lx = left
-    for server in SERVERS:
-        out.append(f'<rect x="{lx}" y="50" width="12" height="12" fill="{COLOURS[server]}"/>')
-        out.append(f'<text x="{lx + 16}" y="60">{server}</text>')
-        lx += 90
+    out, lx = svg_start(
+        width, height, left, f'ringgate vs nginx vs HAProxy, {esc(meta["date"])}',
+        f'{esc(meta["machine"]["nproc"])} CPUs, kernel {esc(meta["machine"]["kernel"])}; '
+        f'{meta["args"]["workers"]} worker(s) each, c={meta["args"]["conns"]}, '
+        f'{meta["args"]["rounds"]} round(s) x {meta["args"]["duration"]} s; medians')
     out.append(f'<rect x="{lx}" y="50" width="12" height="12" fill="#666"/>')
     out.append(f'<text x="{lx + 16}" y="60">user</text>')
     out.append(f'<rect x="{lx + 60}" y="50" width="12" height="12" fill="#666" '
@@ -610,21 +617,11 @@ def scaling_chart(results, rows):
     width = left + len(scenarios) * (panel_w + gap)
     height = top + panel_h + 50
     most = max(r["meta"]["args"]["workers"] for r in results)
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
-        f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<text x="{left}" y="22" font-size="15" font-weight="bold">'
-        f'ringgate vs nginx vs HAProxy: rps by worker count</text>',
-        f'<text x="{left}" y="40" fill="#555">{esc(meta["machine"]["nproc"])} CPUs, kernel '
-        f'{esc(meta["machine"]["kernel"])}; workers on cores 0..N-1, wrk and the backend on '
-        f'the rest; filled = server-bound, hollow = client-bound</text>',
-    ]
-    lx = left
-    for server in SERVERS:
-        out.append(f'<rect x="{lx}" y="50" width="12" height="12" fill="{COLOURS[server]}"/>')
-        out.append(f'<text x="{lx + 16}" y="60">{server}</text>')
-        lx += 90
+    out, lx = svg_start(
+        width, height, left, "ringgate vs nginx vs HAProxy: rps by worker count",
+        f'{esc(meta["machine"]["nproc"])} CPUs, kernel {esc(meta["machine"]["kernel"])}; '
+        "workers on cores 0..N-1, wrk and the backend on the rest; "
+        "filled = server-bound, hollow = client-bound")
     out.append(f'<line x1="{lx}" x2="{lx + 20}" y1="56" y2="56" stroke="#999" '
                f'stroke-dasharray="4 3"/>')
     out.append(f'<text x="{lx + 26}" y="60">ringgate x workers</text>')
