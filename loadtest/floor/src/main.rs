@@ -5,7 +5,10 @@
 //! answer. No parsing, routing, header rewriting, timers, metrics or limits: never a gateway,
 //! only a bound (docs/performance.md, "The floor").
 //!
-//! `ringgate-floor LISTEN BACKEND [relay|direct] [io_uring|epoll] [CORE]`
+//! `ringgate-floor LISTEN BACKEND [relay|direct] [io_uring|epoll|raw] [CORE]`: `raw` is the
+//! same relay without monoio (`raw.rs`), the floor under the runtime's floor.
+
+mod raw;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
@@ -16,13 +19,22 @@ Content-Length: 19\r\n\r\nhello from gateway\n";
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(listen), Some(backend)) = (args.get(1).cloned(), args.get(2).cloned()) else {
-        eprintln!("usage: ringgate-floor LISTEN BACKEND [relay|direct] [io_uring|epoll] [CORE]");
+        eprintln!(
+            "usage: ringgate-floor LISTEN BACKEND [relay|direct] [io_uring|epoll|raw] [CORE]"
+        );
         std::process::exit(2);
     };
     let direct = args.get(3).is_some_and(|m| m == "direct");
-    let epoll = args.get(4).is_some_and(|d| d == "epoll");
+    let driver = args.get(4).map_or("io_uring", String::as_str);
     let core = args.get(5).and_then(|c| c.parse().ok()).unwrap_or(0);
     core_affinity::set_for_current(core_affinity::CoreId { id: core });
+    if driver == "raw" {
+        if let Err(e) = raw::run(&listen, &backend, direct, ANSWER) {
+            eprintln!("ringgate-floor: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let server = async move {
         let listener = TcpListener::bind(listen.as_str()).expect("bind LISTEN");
         while let Ok((client, _)) = listener.accept().await {
@@ -40,7 +52,7 @@ fn main() {
         }
     };
     // The ring as ringgate sets it up (src/worker/mod.rs): COOP_TASKRUN + SINGLE_ISSUER.
-    if epoll {
+    if driver == "epoll" {
         monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .enable_timer()
             .build()

@@ -1,0 +1,209 @@
+//! The same relay with no runtime: one io_uring (COOP_TASKRUN + SINGLE_ISSUER, as ringgate's)
+//! driven by a plain loop, each connection a four-step state machine and at most one
+//! operation in flight per connection. What is left is the kernel's work and a few hundred
+//! instructions of ours: the floor under monoio's floor.
+//!
+//! Sends are taken to complete whole (the messages are a few hundred bytes on loopback); a
+//! short one ends the connection and says so on stderr, so that a bound never hides it.
+
+use std::io;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+/// `user_data` of the listener's accept; a connection's is `index << 2 | step`.
+const ACCEPT: u64 = u64::MAX;
+const CAPACITY: usize = 16 * 1024;
+
+/// What the one operation in flight on a connection is.
+#[derive(Clone, Copy)]
+enum Step {
+    RecvClient = 0,
+    SendUpstream = 1,
+    RecvUpstream = 2,
+    SendClient = 3,
+}
+
+impl Step {
+    fn from_bits(bits: u64) -> Step {
+        match bits & 3 {
+            0 => Step::RecvClient,
+            1 => Step::SendUpstream,
+            2 => Step::RecvUpstream,
+            _ => Step::SendClient,
+        }
+    }
+}
+
+struct Conn {
+    client: TcpStream,
+    upstream: Option<TcpStream>,
+    buf: Vec<u8>,
+    /// The length of the send in flight.
+    sending: usize,
+}
+
+pub fn run(listen: &str, backend: &str, direct: bool, answer: &'static [u8]) -> io::Result<()> {
+    let listener = TcpListener::bind(listen)?;
+    let mut ring: IoUring = IoUring::builder()
+        .setup_coop_taskrun()
+        .setup_single_issuer()
+        .build(1024)?;
+    let mut conns: Vec<Option<Conn>> = Vec::new();
+    let mut completions: Vec<(u64, i32)> = Vec::with_capacity(1024);
+    let mut short_sends = 0u64;
+    push(
+        &mut ring,
+        opcode::Accept::new(
+            types::Fd(listener.as_raw_fd()),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+        .build()
+        .user_data(ACCEPT),
+    )?;
+    loop {
+        ring.submit_and_wait(1)?;
+        completions.clear();
+        completions.extend(
+            ring.completion()
+                .map(|c: cqueue::Entry| (c.user_data(), c.result())),
+        );
+        for &(token, result) in &completions {
+            if token == ACCEPT {
+                if result >= 0 {
+                    // SAFETY: a successful accept returns a new descriptor that nothing else owns.
+                    let client = unsafe { TcpStream::from_raw_fd(result as RawFd) };
+                    let index = open(&mut conns, client, backend, direct)?;
+                    recv(&mut ring, &mut conns, index, Step::RecvClient)?;
+                }
+                push(
+                    &mut ring,
+                    opcode::Accept::new(
+                        types::Fd(listener.as_raw_fd()),
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                    )
+                    .build()
+                    .user_data(ACCEPT),
+                )?;
+                continue;
+            }
+            let index = (token >> 2) as usize;
+            let step = Step::from_bits(token);
+            let Some(conn) = conns.get_mut(index).and_then(Option::as_mut) else {
+                continue;
+            };
+            let sent_whole = result >= 0 && result as usize == conn.sending;
+            if matches!(step, Step::SendUpstream | Step::SendClient) && result > 0 && !sent_whole {
+                short_sends += 1;
+                eprintln!("ringgate-floor: a short send ended a connection ({short_sends} so far)");
+            }
+            let next = match step {
+                Step::RecvClient | Step::RecvUpstream if result <= 0 => None,
+                Step::RecvClient if direct => {
+                    Some((Step::SendClient, answer.as_ptr(), answer.len()))
+                }
+                Step::RecvClient => Some((Step::SendUpstream, conn.buf.as_ptr(), result as usize)),
+                Step::RecvUpstream => Some((Step::SendClient, conn.buf.as_ptr(), result as usize)),
+                Step::SendUpstream | Step::SendClient if !sent_whole => None,
+                Step::SendUpstream => Some((Step::RecvUpstream, std::ptr::null(), 0)),
+                Step::SendClient => Some((Step::RecvClient, std::ptr::null(), 0)),
+            };
+            match next {
+                None => {
+                    if let Some(slot) = conns.get_mut(index) {
+                        *slot = None;
+                    }
+                }
+                Some((to @ (Step::RecvClient | Step::RecvUpstream), _, _)) => {
+                    recv(&mut ring, &mut conns, index, to)?
+                }
+                Some((to, ptr, len)) => {
+                    let fd = match to {
+                        Step::SendUpstream => conn.upstream.as_ref().map(AsRawFd::as_raw_fd),
+                        _ => Some(conn.client.as_raw_fd()),
+                    };
+                    let Some(fd) = fd else { continue };
+                    conn.sending = len;
+                    // The buffer stays put until the completion: it is the connection's own
+                    // (not touched while this send is its one operation) or a static answer.
+                    let entry = opcode::Send::new(types::Fd(fd), ptr, len as u32)
+                        .build()
+                        .user_data((index as u64) << 2 | to as u64);
+                    push(&mut ring, entry)?;
+                }
+            }
+        }
+    }
+}
+
+/// Registers an accepted client (and its upstream connection, made blocking and at once: set-up
+/// is not what is measured) in the first free slot.
+fn open(
+    conns: &mut Vec<Option<Conn>>,
+    client: TcpStream,
+    backend: &str,
+    direct: bool,
+) -> io::Result<usize> {
+    client.set_nodelay(true)?;
+    let upstream = match direct {
+        true => None,
+        false => {
+            let up = TcpStream::connect(backend)?;
+            up.set_nodelay(true)?;
+            Some(up)
+        }
+    };
+    let conn = Conn {
+        client,
+        upstream,
+        buf: vec![0; CAPACITY],
+        sending: 0,
+    };
+    match conns.iter().position(Option::is_none) {
+        Some(free) => {
+            if let Some(slot) = conns.get_mut(free) {
+                *slot = Some(conn);
+            }
+            Ok(free)
+        }
+        None => {
+            conns.push(Some(conn));
+            Ok(conns.len() - 1)
+        }
+    }
+}
+
+/// Queues a receive into the connection's buffer, from the client or from the upstream.
+fn recv(
+    ring: &mut IoUring,
+    conns: &mut [Option<Conn>],
+    index: usize,
+    step: Step,
+) -> io::Result<()> {
+    let Some(conn) = conns.get_mut(index).and_then(Option::as_mut) else {
+        return Ok(());
+    };
+    let fd = match step {
+        Step::RecvUpstream => match &conn.upstream {
+            Some(up) => up.as_raw_fd(),
+            None => return Ok(()),
+        },
+        _ => conn.client.as_raw_fd(),
+    };
+    let entry = opcode::Recv::new(types::Fd(fd), conn.buf.as_mut_ptr(), CAPACITY as u32)
+        .build()
+        .user_data((index as u64) << 2 | step as u64);
+    push(ring, entry)
+}
+
+/// Puts one entry on the submission queue, submitting first if it is full.
+fn push(ring: &mut IoUring, entry: squeue::Entry) -> io::Result<()> {
+    // SAFETY: every buffer an entry points at outlives its operation (see the callers).
+    while unsafe { ring.submission().push(&entry) }.is_err() {
+        ring.submit()?;
+    }
+    Ok(())
+}
