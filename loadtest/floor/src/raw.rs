@@ -53,16 +53,7 @@ pub fn run(listen: &str, backend: &str, direct: bool, answer: &'static [u8]) -> 
     let mut conns: Vec<Option<Conn>> = Vec::new();
     let mut completions: Vec<(u64, i32)> = Vec::with_capacity(1024);
     let mut short_sends = 0u64;
-    push(
-        &mut ring,
-        opcode::Accept::new(
-            types::Fd(listener.as_raw_fd()),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-        )
-        .build()
-        .user_data(ACCEPT),
-    )?;
+    accept(&mut ring, &listener)?;
     loop {
         ring.submit_and_wait(1)?;
         completions.clear();
@@ -78,16 +69,7 @@ pub fn run(listen: &str, backend: &str, direct: bool, answer: &'static [u8]) -> 
                     let index = open(&mut conns, client, backend, direct)?;
                     recv(&mut ring, &mut conns, index, Step::RecvClient)?;
                 }
-                push(
-                    &mut ring,
-                    opcode::Accept::new(
-                        types::Fd(listener.as_raw_fd()),
-                        std::ptr::null_mut(),
-                        std::ptr::null_mut(),
-                    )
-                    .build()
-                    .user_data(ACCEPT),
-                )?;
+                accept(&mut ring, &listener)?;
                 continue;
             }
             let index = (token >> 2) as usize;
@@ -137,6 +119,18 @@ pub fn run(listen: &str, backend: &str, direct: bool, answer: &'static [u8]) -> 
             }
         }
     }
+}
+
+/// Queues the listener's next accept.
+fn accept(ring: &mut IoUring, listener: &TcpListener) -> io::Result<()> {
+    let entry = opcode::Accept::new(
+        types::Fd(listener.as_raw_fd()),
+        std::ptr::null_mut(),
+        std::ptr::null_mut(),
+    )
+    .build()
+    .user_data(ACCEPT);
+    push(ring, entry)
 }
 
 /// Registers an accepted client (and its upstream connection, made blocking and at once: set-up
