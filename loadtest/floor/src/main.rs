@@ -29,11 +29,9 @@ fn main() {
     let core = args.get(5).and_then(|c| c.parse().ok()).unwrap_or(0);
     core_affinity::set_for_current(core_affinity::CoreId { id: core });
     if driver == "raw" {
-        if let Err(e) = raw::run(&listen, &backend, direct, ANSWER) {
-            eprintln!("ringgate-floor: {e}");
-            std::process::exit(1);
-        }
-        return;
+        let e = raw::run(&listen, &backend, direct, ANSWER);
+        eprintln!("ringgate-floor: {e}");
+        std::process::exit(1);
     }
     let server = async move {
         let listener = TcpListener::bind(listen.as_str()).expect("bind LISTEN");
@@ -51,7 +49,6 @@ fn main() {
             });
         }
     };
-    // The ring as ringgate sets it up (src/worker/mod.rs): COOP_TASKRUN + SINGLE_ISSUER.
     if driver == "epoll" {
         monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .enable_timer()
@@ -59,6 +56,7 @@ fn main() {
             .expect("epoll runtime")
             .block_on(server);
     } else {
+        // The ring as ringgate sets it up (src/worker/mod.rs): COOP_TASKRUN + SINGLE_ISSUER.
         let mut ring = io_uring::IoUring::builder();
         ring.setup_coop_taskrun().setup_single_issuer();
         monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()

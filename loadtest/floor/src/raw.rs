@@ -44,18 +44,36 @@ struct Conn {
     sending: usize,
 }
 
-pub fn run(listen: &str, backend: &str, direct: bool, answer: &'static [u8]) -> io::Result<()> {
+/// Relays (or, with `direct`, answers with `answer`) on `listen` until an error ends the loop.
+pub fn run(listen: &str, backend: &str, direct: bool, answer: &'static [u8]) -> io::Error {
+    let mut conns: Vec<Option<Conn>> = Vec::new();
+    let Err(e) = serve(listen, backend, direct, answer, &mut conns);
+    // Operations still in flight point into the connections' buffers, and closing the ring
+    // does not wait for them: the buffers must outlive the process, so they are leaked.
+    std::mem::forget(conns);
+    e
+}
+
+fn serve(
+    listen: &str,
+    backend: &str,
+    direct: bool,
+    answer: &'static [u8],
+    conns: &mut Vec<Option<Conn>>,
+) -> io::Result<std::convert::Infallible> {
     let listener = TcpListener::bind(listen)?;
     let mut ring: IoUring = IoUring::builder()
         .setup_coop_taskrun()
         .setup_single_issuer()
         .build(1024)?;
-    let mut conns: Vec<Option<Conn>> = Vec::new();
     let mut completions: Vec<(u64, i32)> = Vec::with_capacity(1024);
-    let mut short_sends = 0u64;
+    let (mut short_sends, mut refused) = (0u64, 0u64);
     accept(&mut ring, &listener)?;
     loop {
-        ring.submit_and_wait(1)?;
+        match ring.submit_and_wait(1) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => other?,
+        };
         completions.clear();
         completions.extend(
             ring.completion()
@@ -63,11 +81,25 @@ pub fn run(listen: &str, backend: &str, direct: bool, answer: &'static [u8]) -> 
         );
         for &(token, result) in &completions {
             if token == ACCEPT {
-                if result >= 0 {
+                let opened = match result {
                     // SAFETY: a successful accept returns a new descriptor that nothing else owns.
-                    let client = unsafe { TcpStream::from_raw_fd(result as RawFd) };
-                    let index = open(&mut conns, client, backend, direct)?;
-                    recv(&mut ring, &mut conns, index, Step::RecvClient)?;
+                    fd @ 0.. => open(
+                        conns,
+                        unsafe { TcpStream::from_raw_fd(fd as RawFd) },
+                        backend,
+                        direct,
+                    ),
+                    errno => Err(io::Error::from_raw_os_error(-errno)),
+                };
+                match opened {
+                    Ok(index) => recv(&mut ring, conns, index, Step::RecvClient)?,
+                    // Counted and said, so that a failing relay never reads as a fast one.
+                    Err(e) => {
+                        refused += 1;
+                        eprintln!(
+                            "ringgate-floor: a connection not served ({refused} so far): {e}"
+                        );
+                    }
                 }
                 accept(&mut ring, &listener)?;
                 continue;
@@ -100,14 +132,16 @@ pub fn run(listen: &str, backend: &str, direct: bool, answer: &'static [u8]) -> 
                     }
                 }
                 Some((to @ (Step::RecvClient | Step::RecvUpstream), _, _)) => {
-                    recv(&mut ring, &mut conns, index, to)?
+                    recv(&mut ring, conns, index, to)?
                 }
                 Some((to, ptr, len)) => {
-                    let fd = match to {
-                        Step::SendUpstream => conn.upstream.as_ref().map(AsRawFd::as_raw_fd),
-                        _ => Some(conn.client.as_raw_fd()),
+                    // A relay's connection always has its upstream; a direct one never sends
+                    // upstream.
+                    let fd = match (to, &conn.upstream) {
+                        (Step::SendUpstream, Some(up)) => up.as_raw_fd(),
+                        (Step::SendUpstream, None) => unreachable!("no upstream to send to"),
+                        _ => conn.client.as_raw_fd(),
                     };
-                    let Some(fd) = fd else { continue };
                     conn.sending = len;
                     // The buffer stays put until the completion: it is the connection's own
                     // (not touched while this send is its one operation) or a static answer.
@@ -180,11 +214,9 @@ fn recv(
     let Some(conn) = conns.get_mut(index).and_then(Option::as_mut) else {
         return Ok(());
     };
-    let fd = match step {
-        Step::RecvUpstream => match &conn.upstream {
-            Some(up) => up.as_raw_fd(),
-            None => return Ok(()),
-        },
+    let fd = match (step, &conn.upstream) {
+        (Step::RecvUpstream, Some(up)) => up.as_raw_fd(),
+        (Step::RecvUpstream, None) => unreachable!("no upstream to read from"),
         _ => conn.client.as_raw_fd(),
     };
     let entry = opcode::Recv::new(types::Fd(fd), conn.buf.as_mut_ptr(), CAPACITY as u32)
@@ -195,7 +227,9 @@ fn recv(
 
 /// Puts one entry on the submission queue, submitting first if it is full.
 fn push(ring: &mut IoUring, entry: squeue::Entry) -> io::Result<()> {
-    // SAFETY: every buffer an entry points at outlives its operation (see the callers).
+    // SAFETY: every buffer an entry points at outlives its operation: a connection's buffer
+    // is freed only on the completion of its one operation, or never (`run`); the answer is
+    // static.
     while unsafe { ring.submission().push(&entry) }.is_err() {
         ring.submit()?;
     }
