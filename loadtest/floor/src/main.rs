@@ -5,8 +5,9 @@
 //! answer. No parsing, routing, header rewriting, timers, metrics or limits: never a gateway,
 //! only a bound (docs/performance.md, "The floor").
 //!
-//! `ringgate-floor LISTEN BACKEND [relay|direct] [io_uring|epoll|raw] [CORE]`: `raw` is the
-//! same relay without monoio (`raw.rs`), the floor under the runtime's floor.
+//! `ringgate-floor LISTEN BACKEND [relay|direct|codec] [io_uring|epoll|raw] [CORE]`: `raw` is
+//! the same relay without monoio (`raw.rs`), the floor under the runtime's floor; `codec`
+//! (raw only) puts both heads through ringgate's HTTP codec on the way.
 
 mod raw;
 
@@ -20,7 +21,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(listen), Some(backend)) = (args.get(1).cloned(), args.get(2).cloned()) else {
         eprintln!(
-            "usage: ringgate-floor LISTEN BACKEND [relay|direct] [io_uring|epoll|raw] [CORE]"
+            "usage: ringgate-floor LISTEN BACKEND [relay|direct|codec] [io_uring|epoll|raw] [CORE]"
         );
         std::process::exit(2);
     };
@@ -28,8 +29,14 @@ fn main() {
     let driver = args.get(4).map_or("io_uring", String::as_str);
     let core = args.get(5).and_then(|c| c.parse().ok()).unwrap_or(0);
     core_affinity::set_for_current(core_affinity::CoreId { id: core });
+    let codec = args.get(3).is_some_and(|m| m == "codec");
     if driver == "raw" {
-        let e = raw::run(&listen, &backend, direct, ANSWER);
+        let mode = match (direct, codec) {
+            (true, _) => raw::Mode::Direct,
+            (_, true) => raw::Mode::Codec,
+            _ => raw::Mode::Relay,
+        };
+        let e = raw::run(&listen, &backend, mode, ANSWER);
         eprintln!("ringgate-floor: {e}");
         std::process::exit(1);
     }

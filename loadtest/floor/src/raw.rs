@@ -5,12 +5,31 @@
 //!
 //! Sends are taken to complete whole (the messages are a few hundred bytes on loopback); a
 //! short one ends the connection and says so on stderr, so that a bound never hides it.
+//!
+//! [`Mode::Codec`] adds ringgate's own HTTP codec to the relay, as the gateway applies it to
+//! a proxied GET: the request head parsed and written upstream (Host, X-Forwarded-For and
+//! -Proto, Via, hop-by-hop fields dropped), the response head parsed and written back with
+//! the body after it. No routing, pool, balancer, timers, metrics or request id: what that
+//! codec costs on a loop with no runtime, the other half of an estimate of an own event loop.
 
 use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use ringgate::http::encode::{self, BodyOut, Forward, Reply};
+use ringgate::http::{Limits, RequestHead, ResponseHead, Status, Version};
+
+/// What the relay does with a request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Bytes up and back unchanged.
+    Relay,
+    /// A fixed answer, no upstream.
+    Direct,
+    /// Both heads through ringgate's codec.
+    Codec,
+}
 
 /// `user_data` of the listener's accept; a connection's is `index << 2 | step`.
 const ACCEPT: u64 = u64::MAX;
@@ -42,12 +61,16 @@ struct Conn {
     buf: Vec<u8>,
     /// The length of the send in flight.
     sending: usize,
+    /// `Mode::Codec`: the heads as written, and as parsed (made once, as ringgate does).
+    out: Vec<u8>,
+    request: RequestHead,
+    response: ResponseHead,
 }
 
-/// Relays (or, with `direct`, answers with `answer`) on `listen` until an error ends the loop.
-pub fn run(listen: &str, backend: &str, direct: bool, answer: &'static [u8]) -> io::Error {
+/// Serves `listen` in `mode` (`answer` is the direct one) until an error ends the loop.
+pub fn run(listen: &str, backend: &str, mode: Mode, answer: &'static [u8]) -> io::Error {
     let mut conns: Vec<Option<Conn>> = Vec::new();
-    let Err(e) = serve(listen, backend, direct, answer, &mut conns);
+    let Err(e) = serve(listen, backend, mode, answer, &mut conns);
     // Operations still in flight point into the connections' buffers, and closing the ring
     // does not wait for them: the buffers must outlive the process, so they are leaked.
     std::mem::forget(conns);
@@ -57,7 +80,7 @@ pub fn run(listen: &str, backend: &str, direct: bool, answer: &'static [u8]) -> 
 fn serve(
     listen: &str,
     backend: &str,
-    direct: bool,
+    mode: Mode,
     answer: &'static [u8],
     conns: &mut Vec<Option<Conn>>,
 ) -> io::Result<std::convert::Infallible> {
@@ -67,7 +90,9 @@ fn serve(
         .setup_single_issuer()
         .build(1024)?;
     let mut completions: Vec<(u64, i32)> = Vec::with_capacity(1024);
-    let (mut short_sends, mut refused) = (0u64, 0u64);
+    let direct = mode == Mode::Direct;
+    let limits = Limits::DEFAULT;
+    let (mut short_sends, mut refused, mut broken) = (0u64, 0u64, 0u64);
     accept(&mut ring, &listener)?;
     loop {
         match ring.submit_and_wait(1) {
@@ -119,6 +144,21 @@ fn serve(
                 Step::RecvClient if direct => {
                     Some((Step::SendClient, answer.as_ptr(), answer.len()))
                 }
+                Step::RecvClient | Step::RecvUpstream if mode == Mode::Codec => {
+                    let n = result as usize;
+                    let to = match step {
+                        Step::RecvClient => Step::SendUpstream,
+                        _ => Step::SendClient,
+                    };
+                    match rewrite(conn, step, n, &limits) {
+                        Some(len) => Some((to, conn.out.as_ptr(), len)),
+                        None => {
+                            broken += 1;
+                            eprintln!("ringgate-floor: a head not whole in one read or refused by the codec ({broken} so far)");
+                            None
+                        }
+                    }
+                }
                 Step::RecvClient => Some((Step::SendUpstream, conn.buf.as_ptr(), result as usize)),
                 Step::RecvUpstream => Some((Step::SendClient, conn.buf.as_ptr(), result as usize)),
                 Step::SendUpstream | Step::SendClient if !sent_whole => None,
@@ -155,6 +195,44 @@ fn serve(
     }
 }
 
+/// `Mode::Codec`: the `n` bytes just received, through ringgate's codec into `conn.out` (the
+/// request head for the upstream, or the response head and body for the client); its length,
+/// or `None` when the head is not whole in this read or the codec refuses it.
+fn rewrite(conn: &mut Conn, step: Step, n: usize, limits: &Limits) -> Option<usize> {
+    let data = conn.buf.get(..n)?;
+    conn.out.clear();
+    if let Step::RecvClient = step {
+        let Ok(Status::Complete(_)) = conn.request.parse(data, limits) else {
+            return None;
+        };
+        let forward = Forward {
+            path: conn.request.path.of(data),
+            host: conn.request.host(data),
+            client_addr: b"127.0.0.1",
+            proto: b"http",
+            tunnel: false,
+            extra: b"",
+            omit: None,
+        };
+        encode::request_head(&mut conn.out, data, &conn.request, &forward);
+    } else {
+        let Ok(Status::Complete(len)) = conn.response.parse(data, limits) else {
+            return None;
+        };
+        let reply = Reply {
+            body: BodyOut::Length(conn.response.fields.content_length.unwrap_or(0)),
+            keep_alive: true,
+            client_version: Version::Http11,
+            tunnel: false,
+            extra: b"",
+            omit: None,
+        };
+        encode::response_head(&mut conn.out, data, &conn.response, &reply);
+        conn.out.extend_from_slice(data.get(len..)?);
+    }
+    Some(conn.out.len())
+}
+
 /// Queues the listener's next accept.
 fn accept(ring: &mut IoUring, listener: &TcpListener) -> io::Result<()> {
     let entry = opcode::Accept::new(
@@ -189,6 +267,9 @@ fn open(
         upstream,
         buf: vec![0; CAPACITY],
         sending: 0,
+        out: Vec::with_capacity(CAPACITY),
+        request: RequestHead::new(&Limits::DEFAULT),
+        response: ResponseHead::new(&Limits::DEFAULT),
     };
     match conns.iter().position(Option::is_none) {
         Some(free) => {
