@@ -3,7 +3,7 @@
 //! each read taken to hold one whole request or response (true for wrk's small GETs and a
 //! fixed-response backend on loopback), bytes relayed unchanged; or, with `direct`, a fixed
 //! answer. No parsing, routing, header rewriting, timers, metrics or limits: never a gateway,
-//! only a bound (docs/performance.md, "The floor").
+//! only a bound (docs/performance.md, "Sixth pass").
 //!
 //! `ringgate-floor LISTEN BACKEND [relay|direct|codec] [io_uring|epoll|raw] [CORE]`: `raw` is
 //! the same relay without monoio (`raw.rs`), the floor under the runtime's floor; `codec`
@@ -25,17 +25,20 @@ fn main() {
         );
         std::process::exit(2);
     };
-    let direct = args.get(3).is_some_and(|m| m == "direct");
     let driver = args.get(4).map_or("io_uring", String::as_str);
+    let mode = match (args.get(3).map_or("relay", String::as_str), driver) {
+        ("relay", _) => raw::Mode::Relay,
+        ("direct", _) => raw::Mode::Direct,
+        ("codec", "raw") => raw::Mode::Codec,
+        (mode, driver) => {
+            eprintln!("ringgate-floor: no mode {mode} on {driver} (codec is raw only)");
+            std::process::exit(2);
+        }
+    };
+    let direct = mode == raw::Mode::Direct;
     let core = args.get(5).and_then(|c| c.parse().ok()).unwrap_or(0);
     core_affinity::set_for_current(core_affinity::CoreId { id: core });
-    let codec = args.get(3).is_some_and(|m| m == "codec");
     if driver == "raw" {
-        let mode = match (direct, codec) {
-            (true, _) => raw::Mode::Direct,
-            (_, true) => raw::Mode::Codec,
-            _ => raw::Mode::Relay,
-        };
         let e = raw::run(&listen, &backend, mode, ANSWER);
         eprintln!("ringgate-floor: {e}");
         std::process::exit(1);

@@ -20,7 +20,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use ringgate::http::encode::{self, BodyOut, Forward, Reply};
 use ringgate::http::{Limits, RequestHead, ResponseHead, Status, Version};
 
-/// What the relay does with a request.
+/// What the relay does with a request (the monoio relay knows the first two).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Bytes up and back unchanged.
@@ -144,23 +144,24 @@ fn serve(
                 Step::RecvClient if direct => {
                     Some((Step::SendClient, answer.as_ptr(), answer.len()))
                 }
-                Step::RecvClient | Step::RecvUpstream if mode == Mode::Codec => {
+                Step::RecvClient | Step::RecvUpstream => {
                     let n = result as usize;
                     let to = match step {
                         Step::RecvClient => Step::SendUpstream,
                         _ => Step::SendClient,
                     };
-                    match rewrite(conn, step, n, &limits) {
-                        Some(len) => Some((to, conn.out.as_ptr(), len)),
-                        None => {
-                            broken += 1;
-                            eprintln!("ringgate-floor: a head not whole in one read or refused by the codec ({broken} so far)");
-                            None
-                        }
+                    match mode {
+                        Mode::Codec => match rewrite(conn, step, n, &limits) {
+                            Some(len) => Some((to, conn.out.as_ptr(), len)),
+                            None => {
+                                broken += 1;
+                                eprintln!("ringgate-floor: a head not whole in one read or refused by the codec ({broken} so far)");
+                                None
+                            }
+                        },
+                        _ => Some((to, conn.buf.as_ptr(), n)),
                     }
                 }
-                Step::RecvClient => Some((Step::SendUpstream, conn.buf.as_ptr(), result as usize)),
-                Step::RecvUpstream => Some((Step::SendClient, conn.buf.as_ptr(), result as usize)),
                 Step::SendUpstream | Step::SendClient if !sent_whole => None,
                 Step::SendUpstream => Some((Step::RecvUpstream, std::ptr::null(), 0)),
                 Step::SendClient => Some((Step::RecvClient, std::ptr::null(), 0)),
