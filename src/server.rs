@@ -230,6 +230,12 @@ async fn flush_log_every_second(w: Rc<Worker>) {
 /// the listener changes waiting in `inbox`, then `k`; anything else, or a closed socket, stops
 /// the worker.
 async fn control_loop(ctl: UnixStream, w: &Rc<Worker>, inbox: &Mutex<Vec<ListenerChange>>) {
+    // Non-blocking, or on epoll the read after an answered request (readiness is cached as
+    // still there) would block the whole worker until the control thread wrote again: every
+    // connection of the worker stood still between two scrapes of /metrics.
+    if ctl.set_nonblocking(true).is_err() {
+        return;
+    }
     let Ok(mut ctl) = monoio::net::UnixStream::from_std(ctl) else {
         return;
     };

@@ -259,3 +259,27 @@ fn metrics_by_route_upstream_bytes_and_reload() {
         assert!(value("ringgate_upstream_idle_connections", &[("worker", worker)]).is_some());
     }
 }
+
+/// A scrape must not stop a worker: on epoll the control socket was blocking, and the worker
+/// read it again after answering, so it stood still, every connection with it, until the next
+/// scrape. Requests on a kept-alive connection after each of three scrapes, on both drivers.
+#[test]
+fn workers_keep_serving_after_a_scrape() {
+    let up = Upstream::ok("x");
+    for driver in ["io_uring", "epoll"] {
+        let mut gw = Gateway::start(&format!(
+            "[server]\nlisten = [\"{{listen}}\"]\nworkers = 1\npin = false\ndriver = \"{driver}\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\
+             [upstreams.backend]\ntargets = [\"{}\"]\n\
+             [[routes]]\npath_prefix = \"/\"\nupstream = \"backend\"\n",
+            up.addr
+        ));
+        let admin = gw.admin_addr();
+        let mut r = BufReader::new(gw.connect());
+        for scrape in 1..=3 {
+            assert_eq!(get(admin, "/metrics").0, 200);
+            let (status, head, _) = gateway::get_on(&mut r, "/");
+            assert_eq!(status, 200, "{driver}, after scrape {scrape}: {head}");
+        }
+    }
+}
