@@ -22,6 +22,7 @@
 
 pub mod access;
 pub mod accesslog;
+pub mod buffers;
 pub mod cache;
 pub mod config;
 pub mod control;

@@ -102,6 +102,18 @@ impl Wire {
         }
     }
 
+    /// Puts `other` in place of the receive buffer, the unconsumed bytes moved into it, and
+    /// returns the buffer it replaces, emptied: a relay reads a large body into a larger
+    /// buffer lent for it ([`crate::buffers`]).
+    pub fn swap_buffer(&mut self, mut other: Vec<u8>) -> Vec<u8> {
+        other.clear();
+        other.extend_from_slice(self.data());
+        let mut old = std::mem::replace(&mut self.buf, other);
+        self.start = 0;
+        old.clear();
+        old
+    }
+
     /// Lets the buffer hold at least `total` unconsumed bytes (a head up to `max_head`).
     pub fn reserve(&mut self, total: usize) {
         if self.buf.capacity() - self.start < total {
@@ -127,6 +139,13 @@ impl Wire {
     /// The buffer is lent to the kernel for the read: cancelling this future (a timeout)
     /// drops the buffered bytes with it, so a caller that cancels must give up the wire.
     pub async fn fill(&mut self) -> io::Result<usize> {
+        self.fill_up_to(usize::MAX).await
+    }
+
+    /// As [`Wire::fill`], taking at most `max` bytes from a plain stream (a TLS stream takes
+    /// what its records hold): a relay reading the rest of a body into a lent buffer leaves
+    /// what follows the body in the socket, for the connection's own buffer.
+    pub async fn fill_up_to(&mut self, max: usize) -> io::Result<usize> {
         self.compact();
         if self.buf.len() == self.buf.capacity() {
             self.buf.reserve(4096);
@@ -136,7 +155,8 @@ impl Wire {
             None => {
                 let buf = std::mem::take(&mut self.buf);
                 let len = buf.len();
-                let (res, slice) = self.stream.read(buf.slice_mut(len..)).await;
+                let end = buf.capacity().min(len.saturating_add(max.max(1)));
+                let (res, slice) = self.stream.read(buf.slice_mut(len..end)).await;
                 self.buf = slice.into_inner();
                 res
             }

@@ -3,12 +3,14 @@
 //! upstream that themselves allocate nothing while the count runs (fixed buffers, static
 //! messages), so every allocation counted is the worker's. The upstream connection is kept for
 //! the whole run: opening one (after `max_requests`, 10,000 by default) allocates its socket
-//! state and buffers, about nine allocations per connection, not per request.
+//! state and buffers, about nine allocations per connection, not per request. The same holds
+//! for a 1 MiB download, relayed through a large buffer the worker lends from its pool.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use ringgate::config;
 use ringgate::server::Server;
@@ -16,6 +18,7 @@ use ringgate::server::Server;
 struct Counting;
 
 static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+static ALONE: Mutex<()> = Mutex::new(());
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -38,6 +41,10 @@ const RESPONSE: &[u8] =
     b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello";
 const REQUEST: &[u8] =
     b"GET /items/7?full=1 HTTP/1.1\r\nHost: api\r\nUser-Agent: t\r\nAccept: */*\r\n\r\n";
+/// A download large enough to be relayed through a buffer the worker lends.
+const LARGE_REQUEST: &[u8] = b"GET /large HTTP/1.1\r\nHost: api\r\n\r\n";
+const LARGE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n";
+static LARGE_BODY: [u8; 1 << 20] = [b'x'; 1 << 20];
 
 /// Reads one message ending in `\r\n\r\n` plus `body` bytes into `buf`; false at EOF.
 fn read_message(s: &mut TcpStream, buf: &mut [u8], body: usize) -> bool {
@@ -65,7 +72,13 @@ fn upstream() -> std::net::SocketAddr {
             std::thread::spawn(move || {
                 let mut buf = [0u8; 8192];
                 while read_message(&mut s, &mut buf, 0) {
-                    if s.write_all(RESPONSE).is_err() {
+                    let sent = if buf.starts_with(b"GET /large ") {
+                        s.write_all(LARGE_HEAD)
+                            .and_then(|()| s.write_all(&LARGE_BODY))
+                    } else {
+                        s.write_all(RESPONSE)
+                    };
+                    if sent.is_err() {
                         break;
                     }
                 }
@@ -75,7 +88,25 @@ fn upstream() -> std::net::SocketAddr {
     addr
 }
 
-fn steady_state_allocations(driver: &str) -> usize {
+/// The length of the whole response at the start of `buf`, once its head is there: the head
+/// and its Content-Length.
+fn response_len(buf: &[u8]) -> Option<usize> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = std::str::from_utf8(&buf[..end]).ok()?;
+    let length = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())?
+    })?;
+    Some(end + length)
+}
+
+/// Allocations counted over `counted` exchanges of `request` through the proxy, after
+/// `warm_up` of them.
+fn steady_state_allocations(driver: &str, request: &[u8], warm_up: usize, counted: usize) -> usize {
+    // The count is the whole process's: one measurement at a time (the test harness runs
+    // tests on parallel threads).
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
     let up = upstream();
     let toml = format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\npin = false\ndriver = \"{driver}\"\n\
@@ -84,13 +115,21 @@ fn steady_state_allocations(driver: &str) -> usize {
     let server = Server::start(config::parse(&toml, "alloc.toml").unwrap()).unwrap();
     let mut client = TcpStream::connect(server.addrs[0]).unwrap();
     client.set_nodelay(true).unwrap();
-    let mut buf = [0u8; 8192];
+    let mut buf = vec![0u8; 2 << 20];
     // The gateway adds its own fields to the response: learn its length once.
-    client.write_all(REQUEST).unwrap();
-    let n = client.read(&mut buf).unwrap();
-    let len = n;
+    client.write_all(request).unwrap();
+    let mut have = 0;
+    let len = loop {
+        match client.read(&mut buf[have..]) {
+            Ok(0) | Err(_) => panic!("the gateway closed the connection"),
+            Ok(n) => have += n,
+        }
+        if let Some(len) = response_len(&buf[..have]).filter(|&len| have >= len) {
+            break len;
+        }
+    };
     let mut exchange = |client: &mut TcpStream| {
-        client.write_all(REQUEST).unwrap();
+        client.write_all(request).unwrap();
         let mut have = 0;
         while have < len {
             match client.read(&mut buf[have..len]) {
@@ -101,11 +140,11 @@ fn steady_state_allocations(driver: &str) -> usize {
         assert_eq!(&buf[9..12], b"200");
     };
     // Warm up: buffers, pools, timer wheel and maps reach their working size.
-    for _ in 0..2_000 {
+    for _ in 0..warm_up {
         exchange(&mut client);
     }
     let before = ALLOCATIONS.load(Ordering::Relaxed);
-    for _ in 0..10_000 {
+    for _ in 0..counted {
         exchange(&mut client);
     }
     let counted = ALLOCATIONS.load(Ordering::Relaxed) - before;
@@ -117,10 +156,23 @@ fn steady_state_allocations(driver: &str) -> usize {
 #[test]
 fn a_keep_alive_get_through_the_proxy_allocates_nothing() {
     for driver in ["io_uring", "epoll"] {
-        let counted = steady_state_allocations(driver);
+        let counted = steady_state_allocations(driver, REQUEST, 2_000, 10_000);
         assert_eq!(
             counted, 0,
             "{driver}: {counted} allocations in 10,000 proxied GETs"
+        );
+    }
+}
+
+/// A 1 MiB download goes through a large buffer the worker lends and takes back: once the
+/// pool has one, further downloads allocate nothing either.
+#[test]
+fn a_large_download_through_the_proxy_allocates_nothing() {
+    for driver in ["io_uring", "epoll"] {
+        let counted = steady_state_allocations(driver, LARGE_REQUEST, 20, 200);
+        assert_eq!(
+            counted, 0,
+            "{driver}: {counted} allocations in 200 proxied 1 MiB downloads"
         );
     }
 }

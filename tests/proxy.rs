@@ -5,6 +5,7 @@
 mod gateway;
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::sync::{Arc, Condvar, Mutex};
 
 use gateway::{
     closed, exchange, fnv, on_both_drivers, read_response, Gateway, Upstream, FNV_START, PATIENCE,
@@ -560,6 +561,135 @@ fn stream_large_bodies(driver: &str) {
     assert_eq!(down_hash, hash, "client got the bytes the upstream sent");
     let rss = gw.peak_rss_kib();
     assert!(rss < 64 * 1024, "{driver}: peak RSS {rss} KiB");
+}
+
+/// A gateway on one worker with `[admin]`, proxying everything to `upstream`, with a read
+/// timeout long enough for an upstream that holds its answers until a test lets them go.
+fn one_worker_with_admin(driver: &str, upstream: &str) -> String {
+    format!(
+        "[server]\nlisten = [\"{{listen}}\"]\nworkers = 1\npin = false\ndriver = \"{driver}\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstreams.backend]\ntargets = [\"{upstream}\"]\nread_timeout = \"20s\"\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"backend\"\n"
+    )
+}
+
+/// What the upstream sends for `/big/N`: 1 MiB that differs with N.
+fn numbered_body(n: usize) -> Vec<u8> {
+    (0..1usize << 20).map(|i| ((i + n) % 251) as u8).collect()
+}
+
+on_both_drivers! {
+    more_large_bodies_at_once_than_buffers_to_lend(driver) {
+        // Each of LENT_MAX + 8 downloads is held by the upstream after its first 64 KiB, until
+        // all of them are: the worker lends all its large buffers, relays the other 8 through
+        // the connections' own, and counts those. Every client gets its own bytes, and the
+        // buffers are all back afterwards.
+        const HELD_AFTER: usize = 64 * 1024;
+        let clients = ringgate::buffers::LENT_MAX + 8;
+        let held = Arc::new((Mutex::new(0usize), Condvar::new()));
+        let release = Arc::new((Mutex::new(false), Condvar::new()));
+        let (up_held, up_release) = (Arc::clone(&held), Arc::clone(&release));
+        let up = Upstream::spawn(move |seen, s| {
+            let path = seen.head.split(' ').nth(1).unwrap_or_default();
+            let n: usize = path.trim_start_matches("/big/").parse().unwrap_or(0);
+            let body = numbered_body(n);
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+            if s.write_all(head.as_bytes()).is_err() || s.write_all(&body[..HELD_AFTER]).is_err() {
+                return false;
+            }
+            *up_held.0.lock().unwrap() += 1;
+            up_held.1.notify_all();
+            let (flag, cv) = &*up_release;
+            let _ = cv.wait_timeout_while(flag.lock().unwrap(), PATIENCE, |go| !*go).unwrap();
+            s.write_all(&body[HELD_AFTER..]).is_ok()
+        });
+        let mut gw = Gateway::start(&one_worker_with_admin(driver, &up.addr.to_string()));
+        let admin = gw.admin_addr();
+        let downloads: Vec<_> = (0..clients)
+            .map(|n| {
+                let s = gw.connect();
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(s);
+                    gateway::get_on(&mut r, &format!("/big/{n}"))
+                })
+            })
+            .collect();
+        let (count, cv) = &*held;
+        let (all_held, _) = cv
+            .wait_timeout_while(count.lock().unwrap(), PATIENCE, |c| *c < clients)
+            .unwrap();
+        assert_eq!(*all_held, clients, "every download reached the upstream");
+        drop(all_held);
+        let worker = |m: &std::collections::BTreeMap<String, f64>, name: &str| {
+            m.get(&format!("{name}{{worker=\"0\"}}")).copied()
+        };
+        eventually("every large buffer lent and the rest of the relays counted", || {
+            let m = gateway::scrape(admin);
+            let seen = (
+                worker(&m, "ringgate_relay_buffers_lent"),
+                worker(&m, "ringgate_relay_buffers_exhausted_total"),
+            );
+            let want = (Some(ringgate::buffers::LENT_MAX as f64), Some(8.0));
+            if seen == want { Ok(()) } else { Err(format!("lent and exhausted {seen:?}")) }
+        });
+        *release.0.lock().unwrap() = true;
+        release.1.notify_all();
+        for (n, download) in downloads.into_iter().enumerate() {
+            let (status, head, body) = download.join().unwrap();
+            assert_eq!(status, 200, "{head}");
+            assert!(body == numbered_body(n), "download {n}: {} bytes, not its own", body.len());
+        }
+        let m = gateway::scrape(admin);
+        assert_eq!(worker(&m, "ringgate_relay_buffers_lent"), Some(0.0), "all back");
+    }
+
+    a_request_pipelined_after_a_large_body_is_answered(driver) {
+        // The client's large body is read into a lent buffer, and so is the next request
+        // behind it; the connection gets its own buffer back with that request in it.
+        let up = Upstream::spawn(|seen, s| {
+            let r = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: 16\r\n\r\n{:016x}",
+                seen.body_hash
+            );
+            s.write_all(r.as_bytes()).is_ok()
+        });
+        let gw = Gateway::start(&one_worker_with_admin(driver, &up.addr.to_string()));
+        let body = numbered_body(7);
+        let mut bytes = format!(
+            "POST /up HTTP/1.1\r\nHost: api.example\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        bytes.extend_from_slice(&body);
+        bytes.extend_from_slice(b"GET /after HTTP/1.1\r\nHost: api.example\r\n\r\n");
+        let s = gw.connect();
+        let mut writer = s.try_clone().unwrap();
+        let sender = std::thread::spawn(move || writer.write_all(&bytes).unwrap());
+        let mut r = BufReader::new(s);
+        let (status, head, hash) = read_response(&mut r);
+        assert_eq!(status, 200, "{head}");
+        assert_eq!(hash, format!("{:016x}", fnv(FNV_START, &body)).into_bytes());
+        let (status, head, _) = read_response(&mut r);
+        assert_eq!(status, 200, "{head}");
+        sender.join().unwrap();
+        let seen = up.requests();
+        assert_eq!(seen.len(), 2);
+        assert!(seen[1].head.starts_with("GET /after "), "{}", seen[1].head);
+        assert_eq!(seen[0].body_len, body.len() as u64);
+    }
+}
+
+/// Waits, within PATIENCE, until `condition` holds (is `Ok`); fails with what it last said.
+fn eventually(what: &str, mut condition: impl FnMut() -> Result<(), String>) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while let Err(state) = condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {state}"
+        );
+        std::thread::yield_now();
+    }
 }
 
 fn pattern_block() -> Vec<u8> {

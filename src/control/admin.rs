@@ -276,6 +276,16 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "Pooled idle upstream connections, by worker.",
     ),
     (
+        "ringgate_relay_buffers_lent",
+        "gauge",
+        "Large receive buffers lent to connections relaying large bodies now, by worker.",
+    ),
+    (
+        "ringgate_relay_buffers_exhausted_total",
+        "counter",
+        "Large bodies relayed through the connection's own buffer because the worker had lent all of its large ones, by worker.",
+    ),
+    (
         "ringgate_rate_limit_keys",
         "gauge",
         "Keys tracked by each rate-limit policy (summed over workers).",

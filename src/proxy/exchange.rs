@@ -84,6 +84,7 @@ pub(super) async fn exchange(
             &mut s.chunk,
             &limits,
             (&mut None, 0),
+            &w.buffers,
         )
         .await
         .map_err(|e| match e {
@@ -238,6 +239,7 @@ pub(super) async fn exchange(
             &mut s.chunk,
             &relay_cfg,
             (&mut captured, keep),
+            &w.buffers,
         )
         .await
         .map_err(|e| match e {

@@ -2,6 +2,7 @@
 //! frame it differently, within the size and time limits; never held whole.
 
 use super::*;
+use crate::buffers::{Buffers, Lease};
 
 /// How relayed body bytes are framed on the way out.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -33,18 +34,67 @@ pub(super) enum RelayError {
 /// buffer of it is in memory at a time.
 /// `capture` collects the body for the cache while it stays within its limit, and is
 /// dropped once it would not.
+///
+/// A body that does not fit the connection's own buffer, relayed as it is from a plain
+/// connection, is read into a large buffer from `spare` ([`crate::buffers`]) once what was
+/// buffered with the head has gone out, never past its end; the connection gets its own
+/// buffer back at the end.
 pub(super) async fn relay(
     src: &mut Wire,
     dst: &mut Wire,
     chunk: &mut Vec<u8>,
     r: &Relay,
+    capture: (&mut Option<Vec<u8>>, u64),
+    spare: &Buffers,
+) -> Result<u64, RelayError> {
+    let mut lease = None;
+    let result = relay_body(src, dst, chunk, r, capture, (spare, &mut lease)).await;
+    if let Some(lease) = lease {
+        lease.restore(src);
+    }
+    result
+}
+
+/// Whether a body of `framing` is worth a large buffer: more than the connection's own
+/// 16 KiB left of it, or a length unknown until the peer closes. A chunked body is not: its
+/// chunks are copied into `chunk` on the way out, which would grow to the buffer's size.
+fn wants_large(dec: &BodyDecoder, r: &Relay, src: &Wire) -> bool {
+    r.reframe == Reframe::Raw
+        && !src.is_tls()
+        && match dec {
+            BodyDecoder::Length { remaining } => *remaining > 16 * 1024,
+            BodyDecoder::Eof => true,
+            BodyDecoder::Chunked(_) => false,
+        }
+}
+
+async fn relay_body<'a>(
+    src: &mut Wire,
+    dst: &mut Wire,
+    chunk: &mut Vec<u8>,
+    r: &Relay,
     (capture, capture_max): (&mut Option<Vec<u8>>, u64),
+    (spare, lease): (&'a Buffers, &mut Option<Lease<'a>>),
 ) -> Result<u64, RelayError> {
     let mut dec = BodyDecoder::new(r.framing, &r.limits);
     let mut total = 0u64;
+    // One request for a large buffer per body: a relay refused one keeps its own.
+    let mut asked = false;
     while !dec.is_done() {
         if src.data().is_empty() {
-            match monoio::time::timeout(r.read_timeout, src.fill()).await {
+            if !asked && wants_large(&dec, r, src) {
+                asked = true;
+                *lease = spare.lend(src);
+            }
+            // Into a lent buffer, no further than the body: bytes after it (a pipelined
+            // request) would stay in the connection's own buffer and could grow it.
+            let most = match (&lease, &dec) {
+                (Some(_), BodyDecoder::Length { remaining }) => {
+                    usize::try_from(*remaining).unwrap_or(usize::MAX)
+                }
+                _ => usize::MAX,
+            };
+            match monoio::time::timeout(r.read_timeout, src.fill_up_to(most)).await {
                 Err(_) => return Err(RelayError::Timeout),
                 Ok(Err(_)) => return Err(RelayError::Read),
                 Ok(Ok(0)) if dec.complete_at_close() => break,

@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use crate::access::jwt::{self, JwtCache};
 use crate::accesslog;
+use crate::buffers::Buffers;
 use crate::cache::{Cache, CacheConfig, Key};
 use crate::config::{CacheSettings, Driver, RateLimit, Steer};
 use crate::metrics::Metrics;
@@ -39,6 +40,8 @@ pub struct Worker {
     /// pointer changes.
     current: RefCell<Rc<Current>>,
     pub pool: Pool,
+    /// Large receive buffers lent to connections relaying large bodies.
+    pub buffers: Buffers,
     pub metrics: Metrics,
     pub drain: Drain,
     next_conn: Cell<u64>,
@@ -96,6 +99,7 @@ impl Worker {
             local: RefCell::new(local),
             current: RefCell::new(current),
             pool: Pool::default(),
+            buffers: Buffers::default(),
             metrics: Metrics::default(),
             drain: Drain::default(),
             next_conn: Cell::new(1),
@@ -148,9 +152,12 @@ impl Worker {
         let mut text = self.metrics.export(self.drain.connections());
         let id = self.id;
         text.push_str(&format!(
-            "ringgate_worker_connections_open{{worker=\"{id}\"}} {}\nringgate_upstream_idle_connections{{worker=\"{id}\"}} {}\n",
+            "ringgate_worker_connections_open{{worker=\"{id}\"}} {}\nringgate_upstream_idle_connections{{worker=\"{id}\"}} {}\n\
+             ringgate_relay_buffers_lent{{worker=\"{id}\"}} {}\nringgate_relay_buffers_exhausted_total{{worker=\"{id}\"}} {}\n",
             self.drain.connections(),
-            self.pool.idle_count()
+            self.pool.idle_count(),
+            self.buffers.lent(),
+            self.buffers.exhausted()
         ));
         for (name, (_, limiter)) in self.limiters.borrow().iter() {
             text.push_str(&format!(
