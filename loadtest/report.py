@@ -31,6 +31,7 @@ COLOURS = {"ringgate": "#d9480f", "nginx": "#2b8a3e", "haproxy": "#1c7ed6"}
 SCENARIO_TITLES = {
     "proxy-get": "proxy-get: small GET, keep-alive",
     "proxy-post": "proxy-post: 1 KiB POST body, keep-alive",
+    "proxy-large": "proxy-large: 1 MiB response, keep-alive",
     "direct": "direct: answered by the proxy itself, no upstream",
     "new-conn": "new-conn: Connection: close on every request",
     "latency": "latency: fixed request rate (open loop)",
