@@ -645,8 +645,8 @@ on_both_drivers! {
     }
 
     a_request_pipelined_after_a_large_body_is_answered(driver) {
-        // The client's large body is read into a lent buffer, and so is the next request
-        // behind it; the connection gets its own buffer back with that request in it.
+        // The client's large body is read into a lent buffer, no further than its end; the
+        // request behind it is read into the connection's own buffer, and answered.
         let up = Upstream::spawn(|seen, s| {
             let r = format!(
                 "HTTP/1.1 200 OK\r\nContent-Length: 16\r\n\r\n{:016x}",
@@ -677,6 +677,38 @@ on_both_drivers! {
         assert_eq!(seen.len(), 2);
         assert!(seen[1].head.starts_with("GET /after "), "{}", seen[1].head);
         assert_eq!(seen[0].body_len, body.len() as u64);
+    }
+}
+
+on_both_drivers! {
+    bytes_past_a_large_response_keep_its_upstream_connection_out_of_the_pool(driver) {
+        // The upstream declares 1 MiB and sends an answer nobody asked for right behind it.
+        // The gateway must read those bytes and drop that connection rather than pool it, or
+        // the next request on it would get them as its answer.
+        let up = Upstream::spawn(|seen, s| {
+            if seen.head.starts_with("GET /big ") {
+                let body = numbered_body(1);
+                let mut out =
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+                out.extend_from_slice(&body);
+                out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale");
+                return s.write_all(&out).is_ok();
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh").is_ok()
+        });
+        let gw = Gateway::start(&one_worker_with_admin(driver, &up.addr.to_string()));
+        let mut r = BufReader::new(gw.connect());
+        let (status, head, body) = gateway::get_on(&mut r, "/big");
+        assert_eq!(status, 200, "{head}");
+        assert!(body == numbered_body(1), "{} bytes, not the upstream's", body.len());
+        let (status, head, body) = gateway::get_on(&mut r, "/next");
+        assert_eq!(status, 200, "{head}");
+        assert_eq!(String::from_utf8_lossy(&body), "fresh");
+        assert_eq!(
+            up.connections.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "the first upstream connection was dropped, not reused"
+        );
     }
 }
 

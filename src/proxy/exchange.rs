@@ -77,6 +77,7 @@ pub(super) async fn exchange(
             read_timeout: ctx.client_timeout,
             max: Some(ctx.max_body),
             limits: ctx.limits,
+            stop_at_end: true,
         };
         relay(
             client,
@@ -231,6 +232,7 @@ pub(super) async fn exchange(
             read_timeout: ctx.up.read_timeout,
             max: None,
             limits: ctx.limits,
+            stop_at_end: false,
         };
         let keep = admitted.as_ref().map_or(0, |(cap, _)| cap.max_object);
         s.served.bytes = relay(

@@ -19,6 +19,11 @@ pub(super) struct Relay {
     pub(super) read_timeout: Duration,
     pub(super) max: Option<u64>,
     pub(super) limits: Limits,
+    /// Read no further than the body's end into a lent buffer: true for a client's request
+    /// body, so a request pipelined behind it stays in the socket for the connection's own
+    /// buffer. False for a response: bytes an upstream sends past the body must be seen, so
+    /// that its connection is not pooled with them.
+    pub(super) stop_at_end: bool,
 }
 
 pub(super) enum RelayError {
@@ -37,8 +42,8 @@ pub(super) enum RelayError {
 ///
 /// A body that does not fit the connection's own buffer, relayed as it is from a plain
 /// connection, is read into a large buffer from `spare` ([`crate::buffers`]) once what was
-/// buffered with the head has gone out, never past its end; the connection gets its own
-/// buffer back at the end.
+/// buffered with the head has gone out (for a request body, never past its end); the
+/// connection gets its own buffer back at the end, with any bytes read past the body.
 pub(super) async fn relay(
     src: &mut Wire,
     dst: &mut Wire,
@@ -86,10 +91,10 @@ async fn relay_body<'a>(
                 asked = true;
                 *lease = spare.lend(src);
             }
-            // Into a lent buffer, no further than the body: bytes after it (a pipelined
-            // request) would stay in the connection's own buffer and could grow it.
+            // A client's pipelined request read into a lent buffer would move into the
+            // connection's own buffer at the end, growing it (see `stop_at_end`).
             let most = match (&lease, &dec) {
-                (Some(_), BodyDecoder::Length { remaining }) => {
+                (Some(_), BodyDecoder::Length { remaining }) if r.stop_at_end => {
                     usize::try_from(*remaining).unwrap_or(usize::MAX)
                 }
                 _ => usize::MAX,
