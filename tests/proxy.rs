@@ -566,10 +566,15 @@ fn stream_large_bodies(driver: &str) {
 /// A gateway on one worker with `[admin]`, proxying everything to `upstream`, with a read
 /// timeout long enough for an upstream that holds its answers until a test lets them go.
 fn one_worker_with_admin(driver: &str, upstream: &str) -> String {
+    one_worker_with_read_timeout(driver, upstream, "20s")
+}
+
+/// The same with the upstream's `read_timeout`.
+fn one_worker_with_read_timeout(driver: &str, upstream: &str, read_timeout: &str) -> String {
     format!(
         "[server]\nlisten = [\"{{listen}}\"]\nworkers = 1\npin = false\ndriver = \"{driver}\"\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\
-         [upstreams.backend]\ntargets = [\"{upstream}\"]\nread_timeout = \"20s\"\n\
+         [upstreams.backend]\ntargets = [\"{upstream}\"]\nread_timeout = \"{read_timeout}\"\n\
          [[routes]]\npath_prefix = \"/\"\nupstream = \"backend\"\n"
     )
 }
@@ -681,6 +686,45 @@ on_both_drivers! {
 }
 
 on_both_drivers! {
+    a_large_response_cut_by_its_read_timeout_gives_its_buffer_back(driver) {
+        // The upstream stops after 64 KiB of 1 MiB: the read into the lent buffer times out
+        // and takes the buffer with it. The lease is still returned, and the next download
+        // borrows a new buffer and arrives whole.
+        let up = Upstream::spawn(|seen, s| {
+            let body = numbered_body(2);
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+            if s.write_all(head.as_bytes()).is_err() {
+                return false;
+            }
+            if seen.head.starts_with("GET /stall ") {
+                let _ = s.write_all(&body[..64 * 1024]);
+                // Until the gateway gives up on this connection.
+                let _ = s.read(&mut [0u8; 1]);
+                return false;
+            }
+            s.write_all(&body).is_ok()
+        });
+        let mut gw =
+            Gateway::start(&one_worker_with_read_timeout(driver, &up.addr.to_string(), "300ms"));
+        let admin = gw.admin_addr();
+        let mut r = BufReader::new(gw.connect());
+        r.get_mut().write_all(b"GET /stall HTTP/1.1\r\nHost: api.example\r\n\r\n").unwrap();
+        let mut cut = Vec::new();
+        let _ = r.read_to_end(&mut cut);
+        assert!(cut.len() < 1 << 20, "a cut response: the client's connection is closed");
+        let lent = |m: &std::collections::BTreeMap<String, f64>| {
+            m.get("ringgate_relay_buffers_lent{worker=\"0\"}").copied()
+        };
+        eventually("the lease returned", || match lent(&gateway::scrape(admin)) {
+            Some(n) if n == 0.0 => Ok(()),
+            other => Err(format!("lent {other:?}")),
+        });
+        let mut r = BufReader::new(gw.connect());
+        let (status, head, body) = gateway::get_on(&mut r, "/big");
+        assert_eq!(status, 200, "{head}");
+        assert!(body == numbered_body(2), "{} bytes, not the upstream's", body.len());
+    }
+
     bytes_past_a_large_response_keep_its_upstream_connection_out_of_the_pool(driver) {
         // The upstream declares 1 MiB and sends an answer nobody asked for right behind it.
         // The gateway must read those bytes and drop that connection rather than pool it, or
