@@ -716,7 +716,7 @@ on_both_drivers! {
             m.get("ringgate_relay_buffers_lent{worker=\"0\"}").copied()
         };
         eventually("the lease returned", || match lent(&gateway::scrape(admin)) {
-            Some(n) if n == 0.0 => Ok(()),
+            Some(0.0) => Ok(()),
             other => Err(format!("lent {other:?}")),
         });
         let mut r = BufReader::new(gw.connect());
