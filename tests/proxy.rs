@@ -725,6 +725,51 @@ on_both_drivers! {
         assert!(body == numbered_body(2), "{} bytes, not the upstream's", body.len());
     }
 
+    a_large_close_delimited_response_arrives_whole(driver) {
+        // No Content-Length: the body ends when the upstream closes. An HTTP/1.0 client gets
+        // it as it is, read into a lent buffer all the way, then the end of its connection.
+        let up = Upstream::spawn(|_, s| {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+            let _ = s.write_all(&numbered_body(3));
+            false
+        });
+        let gw = Gateway::start(&one_worker_with_admin(driver, &up.addr.to_string()));
+        let mut s = gw.connect();
+        s.write_all(b"GET /eof HTTP/1.0\r\nHost: api.example\r\n\r\n").unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        let end = all.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+        assert!(all[9..].starts_with(b"200"), "{}", String::from_utf8_lossy(&all[..end]));
+        assert!(all[end..] == numbered_body(3)[..], "{} body bytes", all.len() - end);
+    }
+
+    a_client_leaving_mid_download_gives_the_buffer_back(driver) {
+        // The client reads 64 KiB of 1 MiB and closes; the relay's send fails, and the lease
+        // comes back with the connection's end.
+        let up = Upstream::spawn(|_, s| {
+            let body = numbered_body(4);
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+            s.write_all(head.as_bytes()).is_ok() && s.write_all(&body).is_ok()
+        });
+        let mut gw = Gateway::start(&one_worker_with_admin(driver, &up.addr.to_string()));
+        let admin = gw.admin_addr();
+        let mut s = gw.connect();
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: api.example\r\n\r\n").unwrap();
+        let mut some = vec![0u8; 64 * 1024];
+        s.read_exact(&mut some).unwrap();
+        drop(s);
+        eventually("the lease returned", || {
+            match gateway::scrape(admin).get("ringgate_relay_buffers_lent{worker=\"0\"}") {
+                Some(0.0) => Ok(()),
+                other => Err(format!("lent {other:?}")),
+            }
+        });
+        let mut r = BufReader::new(gw.connect());
+        let (status, head, body) = gateway::get_on(&mut r, "/big");
+        assert_eq!(status, 200, "{head}");
+        assert!(body == numbered_body(4), "{} bytes, not the upstream's", body.len());
+    }
+
     bytes_past_a_large_response_keep_its_upstream_connection_out_of_the_pool(driver) {
         // The upstream declares 1 MiB and sends an answer nobody asked for right behind it.
         // The gateway must read those bytes and drop that connection rather than pool it, or
