@@ -1,9 +1,9 @@
 //! The worker's spare large receive buffers. One is lent to a connection while it relays a
 //! large body, so the body moves in a few large reads and sends rather than in reads of the
-//! connection's own 16 KiB: a 1 MiB response through the proxy cost 1,250 CPU µs in 16 KiB
-//! pieces and 490–540 in 256 KiB ones (docs/performance.md, "Seventh pass"). Bounded: at
-//! most [`LENT_MAX`] are out at a time per worker; past that a relay keeps the connection's
-//! own buffer, as before. A buffer comes back to the pool after its relay, so a worker
+//! connection's own 16 KiB: a 1 MiB response through the proxy cost 632 CPU µs in 16 KiB
+//! pieces and 429 in 256 KiB ones (`loadtest/run --scenario proxy-large`; docs/performance.md,
+//! "Seventh pass"). Bounded: at most [`LENT_MAX`] are out at a time per worker; past that a
+//! relay keeps the connection's own buffer, as before. A buffer comes back to the pool after its relay, so a worker
 //! allocates at most [`LENT_MAX`] of them while it runs, plus one for each relay cancelled
 //! in a read (that buffer is freed with the read).
 

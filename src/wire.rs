@@ -33,6 +33,11 @@ pub struct Wire {
 }
 
 impl Wire {
+    /// The capacity of a connection's own receive buffer: a head up to the usual sizes, and a
+    /// body read in pieces of this size unless a relay borrows a larger buffer
+    /// ([`crate::buffers`]).
+    pub const CAPACITY: usize = 16 * 1024;
+
     /// `direct_sends`: on the epoll driver, where it saves monoio's op bookkeeping per send;
     /// on io_uring it costs more than it saves (see [`Wire::send_plain`]).
     pub fn new(stream: TcpStream, capacity: usize, direct_sends: bool) -> Wire {

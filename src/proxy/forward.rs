@@ -411,7 +411,7 @@ async fn open(
     let Some(tls) = &ctx.up.tls else {
         return connect(target, limit)
             .await
-            .map(|s| Wire::new(s, 16 * 1024, w.direct_sends()));
+            .map(|s| Wire::new(s, Wire::CAPACITY, w.direct_sends()));
     };
     let began = std::time::Instant::now();
     let stream = connect(target, limit).await?;
@@ -422,7 +422,7 @@ async fn open(
             return Err(Error::UpstreamTls);
         }
     };
-    let mut wire = Wire::with_tls(stream, 16 * 1024, session);
+    let mut wire = Wire::with_tls(stream, Wire::CAPACITY, session);
     let left = limit.saturating_sub(began.elapsed());
     match monoio::time::timeout(left, wire.handshake()).await {
         Ok(Ok(())) => Ok(wire),

@@ -61,13 +61,14 @@ pub(super) async fn relay(
 }
 
 /// Whether a body of `framing` is worth a large buffer: more than the connection's own
-/// 16 KiB left of it, or a length unknown until the peer closes. A chunked body is not: its
-/// chunks are copied into `chunk` on the way out, which would grow to the buffer's size.
+/// buffer ([`Wire::CAPACITY`]) left of it, or a length unknown until the peer closes. A
+/// chunked body is not: its chunks are copied into `chunk` on the way out, which would grow
+/// to the buffer's size.
 fn wants_large(dec: &BodyDecoder, r: &Relay, src: &Wire) -> bool {
     r.reframe == Reframe::Raw
         && !src.is_tls()
         && match dec {
-            BodyDecoder::Length { remaining } => *remaining > 16 * 1024,
+            BodyDecoder::Length { remaining } => *remaining > Wire::CAPACITY as u64,
             BodyDecoder::Eof => true,
             BodyDecoder::Chunked(_) => false,
         }

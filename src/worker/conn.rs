@@ -50,7 +50,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr, tls: bool
             None => return,
         }
     } else {
-        Wire::new(stream, 16 * 1024, w.direct_sends())
+        Wire::new(stream, Wire::CAPACITY, w.direct_sends())
     };
     let mut head = RequestHead::new(&limits);
     let mut scratch = Scratch::new(&limits);
@@ -135,7 +135,7 @@ async fn handshake(
             return None;
         }
     };
-    let mut wire = Wire::with_tls(stream, 16 * 1024, session);
+    let mut wire = Wire::with_tls(stream, Wire::CAPACITY, session);
     let reason = match monoio::time::timeout(header_timeout, wire.handshake()).await {
         Ok(Ok(())) => {
             w.metrics.tls_handshake(wire.resumed());
