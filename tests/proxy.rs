@@ -645,8 +645,7 @@ on_both_drivers! {
             assert_eq!(status, 200, "{head}");
             assert!(body == numbered_body(n), "download {n}: {} bytes, not its own", body.len());
         }
-        let m = gateway::scrape(admin);
-        assert_eq!(worker(&m, "ringgate_relay_buffers_lent"), Some(0.0), "all back");
+        every_lease_returned(admin);
     }
 
     a_request_pipelined_after_a_large_body_is_answered(driver) {
@@ -712,13 +711,7 @@ on_both_drivers! {
         let mut cut = Vec::new();
         let _ = r.read_to_end(&mut cut);
         assert!(cut.len() < 1 << 20, "a cut response: the client's connection is closed");
-        let lent = |m: &std::collections::BTreeMap<String, f64>| {
-            m.get("ringgate_relay_buffers_lent{worker=\"0\"}").copied()
-        };
-        eventually("the lease returned", || match lent(&gateway::scrape(admin)) {
-            Some(0.0) => Ok(()),
-            other => Err(format!("lent {other:?}")),
-        });
+        every_lease_returned(admin);
         let mut r = BufReader::new(gw.connect());
         let (status, head, body) = gateway::get_on(&mut r, "/big");
         assert_eq!(status, 200, "{head}");
@@ -758,12 +751,7 @@ on_both_drivers! {
         let mut some = vec![0u8; 64 * 1024];
         s.read_exact(&mut some).unwrap();
         drop(s);
-        eventually("the lease returned", || {
-            match gateway::scrape(admin).get("ringgate_relay_buffers_lent{worker=\"0\"}") {
-                Some(0.0) => Ok(()),
-                other => Err(format!("lent {other:?}")),
-            }
-        });
+        every_lease_returned(admin);
         let mut r = BufReader::new(gw.connect());
         let (status, head, body) = gateway::get_on(&mut r, "/big");
         assert_eq!(status, 200, "{head}");
@@ -799,6 +787,17 @@ on_both_drivers! {
             "the first upstream connection was dropped, not reused"
         );
     }
+}
+
+/// Waits until worker 0 has every large buffer it lent back (a relay returns its lease just
+/// after its last send, which the client may see first).
+fn every_lease_returned(admin: std::net::SocketAddr) {
+    eventually("every lease returned", || {
+        match gateway::scrape(admin).get("ringgate_relay_buffers_lent{worker=\"0\"}") {
+            Some(0.0) => Ok(()),
+            other => Err(format!("lent {other:?}")),
+        }
+    });
 }
 
 /// Waits, within PATIENCE, until `condition` holds (is `Ok`); fails with what it last said.
