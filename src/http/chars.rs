@@ -30,12 +30,9 @@ pub(crate) fn is_tchar(b: u8) -> bool {
 /// or reg-name (unreserved, sub-delims, pct-encoded), RFC 3986 §3.2.2.
 static HOST: [bool; 256] = alnum_and(b"-._~!$&'()*+,;=%:[]");
 
-/// Whether every byte of `s` may appear in a Host value or an authority. Kept out of line:
-/// inlined into the request parser, this loop was laid out with nine vector constants of the
-/// code after it reloaded on every byte, a fifth of the time a short request head took.
-#[inline(never)]
-pub(crate) fn all_host_chars(s: &[u8]) -> bool {
-    s.iter().all(|&b| HOST[b as usize])
+#[inline]
+pub(crate) fn is_host_char(b: u8) -> bool {
+    HOST[b as usize]
 }
 
 /// Index of the first byte at or after `pos` that is not a `tchar` (or `buf.len()`).

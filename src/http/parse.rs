@@ -11,7 +11,7 @@
 //! empty line that ends the head has arrived.
 
 use super::body::Framing;
-use super::chars::{all_host_chars, is_tchar, skip_field_vchars, skip_tchars, skip_vchars};
+use super::chars::{is_host_char, is_tchar, skip_field_vchars, skip_tchars, skip_vchars};
 use super::error::ParseError;
 use super::limits::Limits;
 
@@ -498,7 +498,7 @@ impl RequestHead {
             _ => {}
         }
         if let Some(host) = f.host {
-            if !all_host_chars(host.of(buf)) {
+            if !host.of(buf).iter().all(|&b| is_host_char(b)) {
                 return Err(ParseError::InvalidHost);
             }
         }
@@ -946,7 +946,7 @@ pub(crate) fn list_tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// `host:port` of a CONNECT target, or the authority of an absolute URI: host characters only,
 /// no userinfo (RFC 9110 §4.2.4 forbids it in http URIs).
 fn is_authority(s: &[u8]) -> bool {
-    !s.is_empty() && all_host_chars(s)
+    !s.is_empty() && s.iter().all(|&b| is_host_char(b))
 }
 
 /// `scheme "://" authority [path-abempty] ["?" query]` (RFC 9112 §3.2.2): the ranges of the
