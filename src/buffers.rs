@@ -1,11 +1,12 @@
 //! The worker's spare large receive buffers. One is lent to a connection while it relays a
 //! large body, so the body moves in a few large reads and sends rather than in reads of the
 //! connection's own 16 KiB: a 1 MiB response through the proxy cost 632 CPU µs in 16 KiB
-//! pieces and 429 in 256 KiB ones (`loadtest/run --scenario proxy-large`; docs/performance.md,
-//! "Seventh pass"). Bounded: at most [`LENT_MAX`] are out at a time per worker; past that a
-//! relay keeps the connection's own buffer, as before. A buffer comes back to the pool after its relay, so a worker
-//! allocates at most [`LENT_MAX`] of them while it runs, plus one for each relay cancelled
-//! in a read (that buffer is freed with the read).
+//! pieces and 429–503 in 256 KiB ones (`loadtest/run --scenario proxy-large`;
+//! docs/performance.md, "Seventh pass" and the full runs). Bounded: at most [`LENT_MAX`] are
+//! out at a time per worker; past that a relay keeps the connection's own buffer, as before.
+//! A buffer comes back to the pool after its relay, so a worker allocates at most
+//! [`LENT_MAX`] of them while it runs, plus one for each relay cancelled in a read (that
+//! buffer is freed with the read).
 
 use std::cell::{Cell, RefCell};
 

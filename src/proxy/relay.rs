@@ -60,7 +60,7 @@ pub(super) async fn relay(
     result
 }
 
-/// Whether a body of `framing` is worth a large buffer: more than the connection's own
+/// Whether the body `dec` decodes is worth a large buffer: more than the connection's own
 /// buffer ([`Wire::CAPACITY`]) left of it, or a length unknown until the peer closes. A
 /// chunked body is not: its chunks are copied into `chunk` on the way out, which would grow
 /// to the buffer's size.
