@@ -648,6 +648,94 @@ on_both_drivers! {
         every_lease_returned(admin);
     }
 
+    a_relay_refused_a_large_buffer_gets_one_when_one_comes_back(driver) {
+        // LENT_MAX downloads hold every large buffer; one more is refused and reads into its
+        // connection's own. Once the others are done and the upstream sends it more, it
+        // borrows a buffer for the rest of its body, rather than keeping 16 KiB reads to the
+        // end (which left it 16 times slower than its neighbours).
+        const PIECE: usize = 64 * 1024;
+        let lenders = ringgate::buffers::LENT_MAX;
+        // How many responses the upstream holds after their first piece, and how far the
+        // test has let them go: 1, the first `lenders` finish; 2, the last one sends a second
+        // piece and holds again; 3, it finishes.
+        let state = Arc::new((Mutex::new((0usize, 0u8)), Condvar::new()));
+        let up_state = Arc::clone(&state);
+        let up = Upstream::spawn(move |seen, s| {
+            let path = seen.head.split(' ').nth(1).unwrap_or_default();
+            let n: usize = path.trim_start_matches("/big/").parse().unwrap_or(0);
+            let body = numbered_body(n);
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+            if s.write_all(head.as_bytes()).is_err() || s.write_all(&body[..PIECE]).is_err() {
+                return false;
+            }
+            let (lock, cv) = &*up_state;
+            lock.lock().unwrap().0 += 1;
+            cv.notify_all();
+            let until = |stage: u8| {
+                let _ = cv.wait_timeout_while(lock.lock().unwrap(), PATIENCE, |st| st.1 < stage);
+            };
+            if n < lenders {
+                until(1);
+                return s.write_all(&body[PIECE..]).is_ok();
+            }
+            until(2);
+            if s.write_all(&body[PIECE..2 * PIECE]).is_err() {
+                return false;
+            }
+            until(3);
+            s.write_all(&body[2 * PIECE..]).is_ok()
+        });
+        let mut gw = Gateway::start(&one_worker_with_admin(driver, &up.addr.to_string()));
+        let admin = gw.admin_addr();
+        let metric = |name: &str| gateway::scrape(admin).get(&format!("{name}{{worker=\"0\"}}")).copied();
+        let held = |count: usize| {
+            let (lock, cv) = &*state;
+            let st = cv.wait_timeout_while(lock.lock().unwrap(), PATIENCE, |st| st.0 < count);
+            assert_eq!(st.unwrap().0.0, count, "downloads held by the upstream");
+        };
+        let set_stage = |stage: u8| {
+            state.0.lock().unwrap().1 = stage;
+            state.1.notify_all();
+        };
+        let downloads: Vec<_> = (0..lenders)
+            .map(|n| {
+                let s = gw.connect();
+                std::thread::spawn(move || gateway::get_on(&mut BufReader::new(s), &format!("/big/{n}")))
+            })
+            .collect();
+        held(lenders);
+        eventually("every large buffer lent", || match metric("ringgate_relay_buffers_lent") {
+            Some(n) if n == lenders as f64 => Ok(()),
+            other => Err(format!("lent {other:?}")),
+        });
+        let mut last = BufReader::new(gw.connect());
+        write!(last.get_mut(), "GET /big/{lenders} HTTP/1.1\r\nHost: api.example\r\n\r\n").unwrap();
+        held(lenders + 1);
+        eventually("the last relay refused", || {
+            match metric("ringgate_relay_buffers_exhausted_total") {
+                Some(1.0) => Ok(()),
+                other => Err(format!("exhausted {other:?}")),
+            }
+        });
+        set_stage(1);
+        for (n, download) in downloads.into_iter().enumerate() {
+            let (status, head, body) = download.join().unwrap();
+            assert_eq!(status, 200, "{head}");
+            assert!(body == numbered_body(n), "download {n}: {} bytes, not its own", body.len());
+        }
+        set_stage(2);
+        eventually("the last relay lent a buffer", || match metric("ringgate_relay_buffers_lent") {
+            Some(1.0) => Ok(()),
+            other => Err(format!("lent {other:?}")),
+        });
+        set_stage(3);
+        let (status, head, body) = read_response(&mut last);
+        assert_eq!(status, 200, "{head}");
+        assert!(body == numbered_body(lenders), "{} bytes, not its own", body.len());
+        assert_eq!(metric("ringgate_relay_buffers_exhausted_total"), Some(1.0), "counted once");
+        every_lease_returned(admin);
+    }
+
     a_request_pipelined_after_a_large_body_is_answered(driver) {
         // The client's large body is read into a lent buffer, no further than its end; the
         // request behind it is read into the connection's own buffer, and answered.

@@ -42,8 +42,9 @@ pub(super) enum RelayError {
 ///
 /// A body that does not fit the connection's own buffer, relayed as it is from a plain
 /// connection, is read into a large buffer from `spare` ([`crate::buffers`]) once what was
-/// buffered with the head has gone out (for a request body, never past its end); the
-/// connection gets its own buffer back at the end, with any bytes read past the body.
+/// buffered with the head has gone out (for a request body, never past its end), or from
+/// the first read after a buffer comes back if all were lent; the connection gets its own
+/// buffer back at the end, with any bytes read past the body.
 pub(super) async fn relay(
     src: &mut Wire,
     dst: &mut Wire,
@@ -84,13 +85,17 @@ async fn relay_body<'a>(
 ) -> Result<u64, RelayError> {
     let mut dec = BodyDecoder::new(r.framing, &r.limits);
     let mut total = 0u64;
-    // One request for a large buffer per body: a relay refused one keeps its own.
-    let mut asked = false;
+    // A relay refused a large buffer asks again before each read: one that kept its own for
+    // the whole body fell 16 times behind the relays that had one.
+    let mut refused = false;
     while !dec.is_done() {
         if src.data().is_empty() {
-            if !asked && wants_large(&dec, r, src) {
-                asked = true;
+            if lease.is_none() && wants_large(&dec, r, src) {
                 *lease = spare.lend(src);
+                if lease.is_none() && !refused {
+                    refused = true;
+                    spare.refused();
+                }
             }
             // A client's pipelined request read into a lent buffer would move into the
             // connection's own buffer at the end, growing it (see `stop_at_end`).
