@@ -283,7 +283,7 @@ const FAMILIES: &[(&str, &str, &str)] = &[
     (
         "ringgate_relay_buffers_exhausted_total",
         "counter",
-        "Large bodies relayed through the connection's own buffer because the worker had lent all of its large ones, by worker.",
+        "Large bodies that found every large buffer of the worker lent and were read into the connection's own until one came back, by worker.",
     ),
     (
         "ringgate_rate_limit_keys",
