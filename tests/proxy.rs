@@ -5,10 +5,12 @@
 mod gateway;
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::sync::{Arc, Condvar, Mutex};
 
 use gateway::{
-    closed, exchange, fnv, on_both_drivers, read_response, Gateway, Upstream, FNV_START, PATIENCE,
+    closed, exchange, fnv, on_both_drivers, read_response, Gateway, Seen, Upstream, FNV_START,
+    PATIENCE,
 };
 
 /// A config proxying everything to `upstream`, with `extra_server` lines in `[server]` and
@@ -584,6 +586,18 @@ fn numbered_body(n: usize) -> Vec<u8> {
     (0..1usize << 20).map(|i| ((i + n) % 251) as u8).collect()
 }
 
+/// An upstream's start of `/big/N`: the head and the body's first `first` bytes. N and the
+/// whole body, for the rest; `None` if the gateway went away.
+fn start_numbered_body(seen: &Seen, s: &mut TcpStream, first: usize) -> Option<(usize, Vec<u8>)> {
+    let path = seen.head.split(' ').nth(1).unwrap_or_default();
+    let n: usize = path.trim_start_matches("/big/").parse().unwrap_or(0);
+    let body = numbered_body(n);
+    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+    s.write_all(head.as_bytes()).ok()?;
+    s.write_all(&body[..first]).ok()?;
+    Some((n, body))
+}
+
 on_both_drivers! {
     more_large_bodies_at_once_than_buffers_to_lend(driver) {
         // Each of LENT_MAX + 8 downloads is held by the upstream after its first 64 KiB, until
@@ -596,13 +610,7 @@ on_both_drivers! {
         let release = Arc::new((Mutex::new(false), Condvar::new()));
         let (up_held, up_release) = (Arc::clone(&held), Arc::clone(&release));
         let up = Upstream::spawn(move |seen, s| {
-            let path = seen.head.split(' ').nth(1).unwrap_or_default();
-            let n: usize = path.trim_start_matches("/big/").parse().unwrap_or(0);
-            let body = numbered_body(n);
-            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
-            if s.write_all(head.as_bytes()).is_err() || s.write_all(&body[..HELD_AFTER]).is_err() {
-                return false;
-            }
+            let Some((_, body)) = start_numbered_body(seen, s, HELD_AFTER) else { return false };
             *up_held.0.lock().unwrap() += 1;
             up_held.1.notify_all();
             let (flag, cv) = &*up_release;
@@ -661,13 +669,7 @@ on_both_drivers! {
         let state = Arc::new((Mutex::new((0usize, 0u8)), Condvar::new()));
         let up_state = Arc::clone(&state);
         let up = Upstream::spawn(move |seen, s| {
-            let path = seen.head.split(' ').nth(1).unwrap_or_default();
-            let n: usize = path.trim_start_matches("/big/").parse().unwrap_or(0);
-            let body = numbered_body(n);
-            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
-            if s.write_all(head.as_bytes()).is_err() || s.write_all(&body[..PIECE]).is_err() {
-                return false;
-            }
+            let Some((n, body)) = start_numbered_body(seen, s, PIECE) else { return false };
             let (lock, cv) = &*up_state;
             lock.lock().unwrap().0 += 1;
             cv.notify_all();
