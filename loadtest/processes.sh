@@ -1,5 +1,6 @@
-# Sourced by loadtest/callgrind and loadtest/floor/run: the servers a measuring script starts
-# on 127.0.0.1, found free ports, waited for and stopped, every wait bounded. The caller sets
+# Sourced by loadtest/callgrind, loadtest/floor/run and loadtest/tail: the servers a measuring
+# script starts on 127.0.0.1, found free ports, configured (nginx), waited for and stopped,
+# every wait bounded. The caller sets
 # PIDS=() and TMP, and appends each server's PID to PIDS.
 
 # The first port from $1 that nothing listens on (at most 200 tried). The probe connects and
@@ -21,6 +22,16 @@ wait_port() {
   done
   echo "nothing listens on $1 after $2 s" >&2
   exit 1
+}
+
+# An nginx config on stdout: NAME (its folder under $TMP, made here: pid, logs, temp files),
+# worker_connections, the http block's server blocks. One worker, no access log.
+nginx_conf() {
+  mkdir -p "$TMP/$1"
+  printf '%s\n' "worker_processes 1;" "daemon off;" "pid $TMP/$1/nginx.pid;" \
+    "error_log $TMP/$1/error.log warn;" "events { worker_connections $2; }" "http {" \
+    "  access_log off;" "  keepalive_requests 1000000;" \
+    "  client_body_temp_path $TMP/$1/body;" "  proxy_temp_path $TMP/$1/proxy;" "$3" "}"
 }
 
 # Stops PID $1: SIGTERM, then SIGKILL if it is still there after $2 seconds.
