@@ -5,10 +5,13 @@
 //! answer. No parsing, routing, header rewriting, timers, metrics or limits: never a gateway,
 //! only a bound (docs/performance.md, "Sixth pass").
 //!
-//! `ringgate-floor LISTEN BACKEND [relay|direct|codec] [io_uring|epoll|raw] [CORE]`: `raw` is
-//! the same relay without monoio (`raw.rs`), the floor under the runtime's floor; `codec`
-//! (raw only) puts both heads through ringgate's HTTP codec on the way.
+//! `ringgate-floor LISTEN BACKEND [relay|direct|codec] [io_uring|epoll|raw|exec] [CORE]`:
+//! `raw` is the same relay without monoio (`raw.rs`), the floor under the runtime's floor;
+//! `exec` is it as async functions on an executor of our own (`exec.rs`); `codec` (raw and
+//! exec only) puts both heads through ringgate's HTTP codec on the way (`codec.rs`).
 
+mod codec;
+mod exec;
 mod raw;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
@@ -21,7 +24,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(listen), Some(backend)) = (args.get(1).cloned(), args.get(2).cloned()) else {
         eprintln!(
-            "usage: ringgate-floor LISTEN BACKEND [relay|direct|codec] [io_uring|epoll|raw] [CORE]"
+            "usage: ringgate-floor LISTEN BACKEND [relay|direct|codec] [io_uring|epoll|raw|exec] [CORE]"
         );
         std::process::exit(2);
     };
@@ -29,17 +32,20 @@ fn main() {
     let mode = match (args.get(3).map_or("relay", String::as_str), driver) {
         ("relay", _) => raw::Mode::Relay,
         ("direct", _) => raw::Mode::Direct,
-        ("codec", "raw") => raw::Mode::Codec,
+        ("codec", "raw" | "exec") => raw::Mode::Codec,
         (mode, driver) => {
-            eprintln!("ringgate-floor: no mode {mode} on {driver} (codec is raw only)");
+            eprintln!("ringgate-floor: no mode {mode} on {driver} (codec is raw and exec only)");
             std::process::exit(2);
         }
     };
     let direct = mode == raw::Mode::Direct;
     let core = args.get(5).and_then(|c| c.parse().ok()).unwrap_or(0);
     core_affinity::set_for_current(core_affinity::CoreId { id: core });
-    if driver == "raw" {
-        let e = raw::run(&listen, &backend, mode, ANSWER);
+    if driver == "raw" || driver == "exec" {
+        let e = match driver {
+            "raw" => raw::run(&listen, &backend, mode, ANSWER),
+            _ => exec::run(&listen, &backend, mode, ANSWER),
+        };
         eprintln!("ringgate-floor: {e}");
         std::process::exit(1);
     }

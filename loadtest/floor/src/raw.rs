@@ -6,19 +6,17 @@
 //! Sends are taken to complete whole (the messages are a few hundred bytes on loopback); a
 //! short one ends the connection and says so on stderr, so that a bound never hides it.
 //!
-//! [`Mode::Codec`] adds ringgate's own HTTP codec to the relay, as the gateway applies it to
-//! a proxied GET: the request head parsed and written upstream (Host, X-Forwarded-For and
-//! -Proto, Via, hop-by-hop fields dropped), the response head parsed and written back with
-//! the body after it. No routing, pool, balancer, timers, metrics or request id: what that
-//! codec costs on a loop with no runtime, the other half of an estimate of an own event loop.
+//! [`Mode::Codec`] puts both heads through ringgate's own HTTP codec on the way (`codec.rs`):
+//! what that codec costs on a loop with no runtime, the other half of an estimate of an own
+//! event loop.
 
 use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
-use ringgate::http::encode::{self, BodyOut, Forward, Reply};
-use ringgate::http::{Limits, RequestHead, ResponseHead, Status, Version};
+
+use crate::codec::Heads;
 
 /// What the relay does with a request (the monoio relay knows the first two).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -61,10 +59,9 @@ struct Conn {
     buf: Vec<u8>,
     /// The length of the send in flight.
     sending: usize,
-    /// `Mode::Codec`: the heads as written, and as parsed (made once, as ringgate does).
+    /// `Mode::Codec`: the heads as written, and as parsed.
     out: Vec<u8>,
-    request: RequestHead,
-    response: ResponseHead,
+    heads: Heads,
 }
 
 /// Serves `listen` in `mode` (`answer` is the direct one) until an error ends the loop.
@@ -91,7 +88,6 @@ fn serve(
         .build(1024)?;
     let mut completions: Vec<(u64, i32)> = Vec::with_capacity(1024);
     let direct = mode == Mode::Direct;
-    let limits = Limits::DEFAULT;
     let (mut short_sends, mut refused, mut broken) = (0u64, 0u64, 0u64);
     accept(&mut ring, &listener)?;
     loop {
@@ -151,8 +147,14 @@ fn serve(
                         _ => Step::SendClient,
                     };
                     match mode {
-                        Mode::Codec => match rewrite(conn, step, n, &limits) {
-                            Some(len) => Some((to, conn.out.as_ptr(), len)),
+                        Mode::Codec => match conn.buf.get(..n).and_then(|data| {
+                            conn.heads.rewrite(
+                                data,
+                                matches!(step, Step::RecvClient),
+                                &mut conn.out,
+                            )
+                        }) {
+                            Some(()) => Some((to, conn.out.as_ptr(), conn.out.len())),
                             None => {
                                 broken += 1;
                                 eprintln!("ringgate-floor: a head not whole in one read or refused by the codec ({broken} so far)");
@@ -196,44 +198,6 @@ fn serve(
     }
 }
 
-/// `Mode::Codec`: the `n` bytes just received, through ringgate's codec into `conn.out` (the
-/// request head for the upstream, or the response head and body for the client); its length,
-/// or `None` when the head is not whole in this read or the codec refuses it.
-fn rewrite(conn: &mut Conn, step: Step, n: usize, limits: &Limits) -> Option<usize> {
-    let data = conn.buf.get(..n)?;
-    conn.out.clear();
-    if let Step::RecvClient = step {
-        let Ok(Status::Complete(_)) = conn.request.parse(data, limits) else {
-            return None;
-        };
-        let forward = Forward {
-            path: conn.request.path.of(data),
-            host: conn.request.host(data),
-            client_addr: b"127.0.0.1",
-            proto: b"http",
-            tunnel: false,
-            extra: b"",
-            omit: None,
-        };
-        encode::request_head(&mut conn.out, data, &conn.request, &forward);
-    } else {
-        let Ok(Status::Complete(len)) = conn.response.parse(data, limits) else {
-            return None;
-        };
-        let reply = Reply {
-            body: BodyOut::Length(conn.response.fields.content_length.unwrap_or(0)),
-            keep_alive: true,
-            client_version: Version::Http11,
-            tunnel: false,
-            extra: b"",
-            omit: None,
-        };
-        encode::response_head(&mut conn.out, data, &conn.response, &reply);
-        conn.out.extend_from_slice(data.get(len..)?);
-    }
-    Some(conn.out.len())
-}
-
 /// Queues the listener's next accept.
 fn accept(ring: &mut IoUring, listener: &TcpListener) -> io::Result<()> {
     let entry = opcode::Accept::new(
@@ -269,8 +233,7 @@ fn open(
         buf: vec![0; CAPACITY],
         sending: 0,
         out: Vec::with_capacity(CAPACITY),
-        request: RequestHead::new(&Limits::DEFAULT),
-        response: ResponseHead::new(&Limits::DEFAULT),
+        heads: Heads::new(),
     };
     match conns.iter().position(Option::is_none) {
         Some(free) => {
