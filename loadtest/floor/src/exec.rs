@@ -22,7 +22,7 @@ use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 use io_uring::{opcode, squeue, types, IoUring};
 
 use crate::codec::Heads;
-use crate::raw::Mode;
+use crate::raw::{upstream_for, Mode};
 
 const CAPACITY: usize = 16 * 1024;
 /// An operation not yet started.
@@ -284,8 +284,7 @@ fn serve(
     }
 }
 
-/// Accepts clients and spawns a relay for each, with its upstream connection made blocking
-/// and at once (set-up is not what is measured).
+/// Accepts clients and spawns a relay for each, with its upstream connection (`upstream_for`).
 async fn accept(listener: TcpListener, backend: String, mode: Mode, answer: &'static [u8]) {
     let fd = listener.as_raw_fd();
     let mut refused = 0u64;
@@ -299,15 +298,7 @@ async fn accept(listener: TcpListener, backend: String, mode: Mode, answer: &'st
             errno => Err(io::Error::from_raw_os_error(-errno)),
         }
         .and_then(|client| {
-            client.set_nodelay(true)?;
-            let upstream = match mode {
-                Mode::Direct => None,
-                Mode::Relay | Mode::Codec => {
-                    let up = TcpStream::connect(&backend)?;
-                    up.set_nodelay(true)?;
-                    Some(up)
-                }
-            };
+            let upstream = upstream_for(&client, &backend, mode == Mode::Direct)?;
             Ok((client, upstream))
         });
         match opened {

@@ -210,23 +210,31 @@ fn accept(ring: &mut IoUring, listener: &TcpListener) -> io::Result<()> {
     push(ring, entry)
 }
 
-/// Registers an accepted client (and its upstream connection, made blocking and at once: set-up
-/// is not what is measured) in the first free slot.
+/// Readies an accepted client (TCP_NODELAY) and, unless `direct`, makes its upstream
+/// connection, blocking and at once: set-up is not what is measured. The exec relay's too.
+pub fn upstream_for(
+    client: &TcpStream,
+    backend: &str,
+    direct: bool,
+) -> io::Result<Option<TcpStream>> {
+    client.set_nodelay(true)?;
+    if direct {
+        return Ok(None);
+    }
+    let up = TcpStream::connect(backend)?;
+    up.set_nodelay(true)?;
+    Ok(Some(up))
+}
+
+/// Registers an accepted client and its upstream connection (`upstream_for`) in the first
+/// free slot.
 fn open(
     conns: &mut Vec<Option<Conn>>,
     client: TcpStream,
     backend: &str,
     direct: bool,
 ) -> io::Result<usize> {
-    client.set_nodelay(true)?;
-    let upstream = match direct {
-        true => None,
-        false => {
-            let up = TcpStream::connect(backend)?;
-            up.set_nodelay(true)?;
-            Some(up)
-        }
-    };
+    let upstream = upstream_for(&client, backend, direct)?;
     let conn = Conn {
         client,
         upstream,
