@@ -5,6 +5,12 @@
 //! polls it, and buffers owned by the operation while it is in flight (monoio's rent API,
 //! so that dropping a future never frees memory the kernel writes to). No timers.
 //!
+//! Sends are not awaited: each goes with MSG_WAITALL (the kernel itself retries a short one),
+//! and its completion hands the buffer back to a per-thread pool and wakes no task unless one
+//! waits for it (a socket has at most one send in flight, so bytes leave in order). A request
+//! is then two task wake-ups, not four, and a send is submitted with the receive after it in
+//! one `io_uring_enter`.
+//!
 //! What it measures: how much of monoio's share of a request (docs/performance.md, "Sixth
 //! pass") an executor that keeps async/await gives back. If it lands near `raw.rs`, an own
 //! runtime can keep ringgate's async pipeline and swap only what sits under it; if not, the
@@ -17,6 +23,7 @@ use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
 use io_uring::{opcode, squeue, types, IoUring};
@@ -44,6 +51,48 @@ enum Slot {
     Orphan {
         _kept: Option<Vec<u8>>,
     },
+    /// A send no task awaits: its buffer, back to the pool on completion, and its socket's
+    /// sends, told how it went.
+    Detached {
+        buf: Vec<u8>,
+        out: Rc<Outgoing>,
+    },
+}
+
+/// A socket's unawaited sends: at most one in flight, and whether one failed.
+#[derive(Default)]
+struct Outgoing {
+    in_flight: Cell<bool>,
+    failed: Cell<bool>,
+    /// The task waiting for the send in flight to complete.
+    waiter: Cell<Option<usize>>,
+}
+
+impl Outgoing {
+    fn complete(&self, whole: bool) {
+        self.in_flight.set(false);
+        if !whole {
+            self.failed.set(true);
+        }
+        if let Some(task) = self.waiter.take() {
+            READY.with_borrow_mut(|ready| ready.push_back(task));
+        }
+    }
+}
+
+/// Ready once the socket has no send in flight.
+struct Drained<'a>(&'a Outgoing);
+
+impl Future for Drained<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+        if !self.0.in_flight.get() {
+            return Poll::Ready(());
+        }
+        self.0.waiter.set(Some(CURRENT.get()));
+        Poll::Pending
+    }
 }
 
 struct Driver {
@@ -52,10 +101,30 @@ struct Driver {
     free: Vec<u32>,
 }
 
+impl Driver {
+    /// Queues `entry` with a slot in `state`; the slot's number is the entry's `user_data`.
+    fn start(&mut self, entry: &squeue::Entry, state: Slot) -> io::Result<u32> {
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(Slot::Free);
+            self.slots.len() as u32 - 1
+        });
+        if let Err(e) = push(&mut self.ring, &entry.clone().user_data(u64::from(slot))) {
+            self.free.push(slot);
+            return Err(e);
+        }
+        if let Some(s) = self.slots.get_mut(slot as usize) {
+            *s = state;
+        }
+        Ok(slot)
+    }
+}
+
 thread_local! {
     static DRIVER: RefCell<Option<Driver>> = const { RefCell::new(None) };
     static READY: RefCell<VecDeque<usize>> = const { RefCell::new(VecDeque::new()) };
     static SPAWNED: RefCell<Vec<Task>> = const { RefCell::new(Vec::new()) };
+    /// Buffers of `CAPACITY`, empty, for receives and rewritten heads.
+    static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
     /// The task being polled: the one an operation started now wakes.
     static CURRENT: Cell<usize> = const { Cell::new(0) };
 }
@@ -74,6 +143,19 @@ fn wake(task: *const ()) {
 }
 
 fn drop_waker(_: *const ()) {}
+
+fn take() -> Vec<u8> {
+    POOL.with_borrow_mut(Vec::pop)
+        .unwrap_or_else(|| Vec::with_capacity(CAPACITY))
+}
+
+fn give(mut buf: Vec<u8>) {
+    // One an error path left empty-handed (no capacity) would read as a closed socket.
+    if buf.capacity() >= CAPACITY {
+        buf.clear();
+        POOL.with_borrow_mut(|pool| pool.push(buf));
+    }
+}
 
 fn spawn(task: impl Future<Output = ()> + 'static) {
     SPAWNED.with_borrow_mut(|spawned| spawned.push(Box::pin(task)));
@@ -102,29 +184,21 @@ impl Future for Op {
     fn poll(mut self: Pin<&mut Op>, _: &mut Context<'_>) -> Poll<Self::Output> {
         let op = &mut *self;
         let finished = DRIVER.with_borrow_mut(|driver| {
-            let Some(Driver { ring, slots, free }) = driver.as_mut() else {
+            let Some(driver) = driver.as_mut() else {
                 return Some(-ENXIO);
             };
             if let Some(entry) = op.entry.take() {
-                let slot = free.pop().unwrap_or_else(|| {
-                    slots.push(Slot::Free);
-                    slots.len() as u32 - 1
-                });
-                if let Err(e) = push(ring, &entry.user_data(u64::from(slot))) {
-                    free.push(slot);
-                    return Some(-e.raw_os_error().unwrap_or(ENXIO));
+                match driver.start(&entry, Slot::Waiting(CURRENT.get())) {
+                    Ok(slot) => op.slot = slot,
+                    Err(e) => return Some(-e.raw_os_error().unwrap_or(ENXIO)),
                 }
-                if let Some(s) = slots.get_mut(slot as usize) {
-                    *s = Slot::Waiting(CURRENT.get());
-                }
-                op.slot = slot;
                 return None;
             }
-            let s = slots.get_mut(op.slot as usize)?;
+            let s = driver.slots.get_mut(op.slot as usize)?;
             match *s {
                 Slot::Done(result) => {
                     *s = Slot::Free;
-                    free.push(op.slot);
+                    driver.free.push(op.slot);
                     op.slot = UNSTARTED;
                     Some(result)
                 }
@@ -132,7 +206,7 @@ impl Future for Op {
                     *task = CURRENT.get();
                     None
                 }
-                Slot::Free | Slot::Orphan { .. } => Some(-ENXIO),
+                Slot::Free | Slot::Orphan { .. } | Slot::Detached { .. } => Some(-ENXIO),
             }
         });
         match finished {
@@ -174,26 +248,46 @@ fn push(ring: &mut IoUring, entry: &squeue::Entry) -> io::Result<()> {
     Ok(())
 }
 
-/// Receives into the whole of `buf`.
+/// Receives into `buf`'s spare capacity; `buf` comes back holding what was read.
 async fn recv(fd: RawFd, mut buf: Vec<u8>) -> (i32, Vec<u8>) {
-    let entry = opcode::Recv::new(types::Fd(fd), buf.as_mut_ptr(), buf.len() as u32).build();
+    buf.clear();
+    let entry = opcode::Recv::new(types::Fd(fd), buf.as_mut_ptr(), buf.capacity() as u32).build();
     let (result, buf) = Op::new(entry, Some(buf)).await;
-    (result, buf.unwrap_or_default())
+    let mut buf = buf.unwrap_or_default();
+    if let Some(n) = usize::try_from(result)
+        .ok()
+        .filter(|&n| n <= buf.capacity())
+    {
+        // SAFETY: the kernel wrote the first `n` bytes, and `n` is within the capacity.
+        unsafe { buf.set_len(n) };
+    }
+    (result, buf)
 }
 
-/// Sends the first `len` bytes of `buf`, in as many sends as the socket takes.
-async fn send_all(fd: RawFd, mut buf: Vec<u8>, len: usize) -> (bool, Vec<u8>) {
-    let mut done = 0;
-    while let Some(rest) = buf.get(done..len).filter(|rest| !rest.is_empty()) {
-        let entry = opcode::Send::new(types::Fd(fd), rest.as_ptr(), rest.len() as u32).build();
-        let (result, back) = Op::new(entry, Some(buf)).await;
-        buf = back.unwrap_or_default();
-        match usize::try_from(result) {
-            Ok(n @ 1..) => done += n,
-            _ => return (false, buf),
-        }
+/// Sends all of `buf` on `fd` once the socket's send in flight, if any, has completed, and
+/// does not wait for this one. False when an earlier send on the socket failed or the ring
+/// refused this one.
+async fn send(fd: RawFd, buf: Vec<u8>, out: &Rc<Outgoing>) -> bool {
+    Drained(out).await;
+    if out.failed.get() {
+        give(buf);
+        return false;
     }
-    (done == len, buf)
+    let entry = opcode::Send::new(types::Fd(fd), buf.as_ptr(), buf.len() as u32)
+        .flags(libc::MSG_WAITALL | libc::MSG_NOSIGNAL)
+        .build();
+    // SAFETY of the pointer: the buffer moves into the slot (its heap memory stays put) and
+    // stays there until the completion.
+    let state = Slot::Detached {
+        buf,
+        out: Rc::clone(out),
+    };
+    let started = DRIVER.with_borrow_mut(|driver| match driver.as_mut() {
+        Some(driver) => driver.start(&entry, state).is_ok(),
+        None => false,
+    });
+    out.in_flight.set(started);
+    started
 }
 
 /// Serves `listen` in `mode` (`answer` is the direct one) until an error ends the loop.
@@ -221,6 +315,7 @@ fn serve(
     spawn(accept(listener, backend.to_owned(), mode, answer));
     let mut tasks: Vec<Option<Task>> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
+    let mut short_sends = 0u64;
     loop {
         loop {
             for task in SPAWNED.with_borrow_mut(std::mem::take) {
@@ -262,21 +357,31 @@ fn serve(
                 other => other?,
             };
             for completion in ring.completion() {
-                let slot = completion.user_data() as u32;
+                let (slot, result) = (completion.user_data() as u32, completion.result());
                 let Some(s) = slots.get_mut(slot as usize) else {
                     continue;
                 };
-                match *s {
+                match std::mem::replace(s, Slot::Free) {
                     Slot::Waiting(task) => {
-                        *s = Slot::Done(completion.result());
+                        *s = Slot::Done(result);
                         READY.with_borrow_mut(|ready| ready.push_back(task));
                     }
                     // Nothing waits for it: the buffer is dropped here, and the slot freed.
-                    Slot::Orphan { .. } => {
-                        *s = Slot::Free;
+                    Slot::Orphan { .. } => free.push(slot),
+                    Slot::Detached { buf, out } => {
                         free.push(slot);
+                        let whole = usize::try_from(result) == Ok(buf.len());
+                        if result > 0 && !whole {
+                            short_sends += 1;
+                            eprintln!(
+                                "ringgate-floor: a short send ended a connection ({short_sends} so far)"
+                            );
+                        }
+                        out.complete(whole);
+                        give(buf);
                     }
-                    Slot::Free | Slot::Done(_) => {}
+                    Slot::Free => {}
+                    Slot::Done(result) => *s = Slot::Done(result),
                 }
             }
             Ok(())
@@ -316,67 +421,66 @@ async fn accept(listener: TcpListener, backend: String, mode: Mode, answer: &'st
 /// taken to hold one whole request or response, as in the other relays.
 async fn relay(client: TcpStream, upstream: Option<TcpStream>, mode: Mode, answer: &[u8]) {
     let c = client.as_raw_fd();
-    let (mut buf, mut out) = (vec![0; CAPACITY], Vec::with_capacity(CAPACITY));
+    let up = upstream.as_ref().map(AsRawFd::as_raw_fd);
+    let (to_client, to_upstream) = (Rc::new(Outgoing::default()), Rc::new(Outgoing::default()));
     let mut heads = Heads::new();
-    if mode == Mode::Direct {
-        out.extend_from_slice(answer);
-    }
-    loop {
-        let (n, back) = recv(c, buf).await;
-        buf = back;
-        let Some(n) = usize::try_from(n).ok().filter(|&n| n > 0) else {
-            return;
-        };
-        let Some(up) = upstream.as_ref().map(AsRawFd::as_raw_fd) else {
-            let len = out.len();
-            let (sent, back) = send_all(c, out, len).await;
-            out = back;
-            if !sent {
-                return;
-            }
-            continue;
-        };
-        let sent;
-        (sent, buf, out) = pass_on(up, buf, n, out, mode, &mut heads, true).await;
-        if !sent {
-            return;
-        }
-        let (n, back) = recv(up, buf).await;
-        buf = back;
-        let Some(n) = usize::try_from(n).ok().filter(|&n| n > 0) else {
-            return;
-        };
-        let sent;
-        (sent, buf, out) = pass_on(c, buf, n, out, mode, &mut heads, false).await;
-        if !sent {
-            return;
-        }
-    }
+    while exchange(c, up, mode, answer, &mut heads, [&to_client, &to_upstream]).await {}
+    // What was taken on is sent before the sockets close.
+    Drained(&to_client).await;
+    Drained(&to_upstream).await;
 }
 
-/// Sends the `n` bytes just read into `buf` on to `fd`: as they are, or, in `Mode::Codec`,
-/// through the codec into `out` first. Whether all of it went, and both buffers back.
+/// One request and its answer (`answer` itself when there is no upstream); false once either
+/// side has closed or a send failed. `outgoing`: the client's sends, the upstream's.
+async fn exchange(
+    c: RawFd,
+    up: Option<RawFd>,
+    mode: Mode,
+    answer: &[u8],
+    heads: &mut Heads,
+    [to_client, to_upstream]: [&Rc<Outgoing>; 2],
+) -> bool {
+    let (n, request) = recv(c, take()).await;
+    if n <= 0 {
+        give(request);
+        return false;
+    }
+    let Some(up) = up else {
+        give(request);
+        let mut reply = take();
+        reply.extend_from_slice(answer);
+        return send(c, reply, to_client).await;
+    };
+    if !pass_on(up, request, mode, heads, true, to_upstream).await {
+        return false;
+    }
+    let (n, response) = recv(up, take()).await;
+    if n <= 0 {
+        give(response);
+        return false;
+    }
+    pass_on(c, response, mode, heads, false, to_client).await
+}
+
+/// Sends `data` on to `fd`: as it is, or, in `Mode::Codec`, through the codec first.
 async fn pass_on(
     fd: RawFd,
-    buf: Vec<u8>,
-    n: usize,
-    mut out: Vec<u8>,
+    data: Vec<u8>,
     mode: Mode,
     heads: &mut Heads,
     from_client: bool,
-) -> (bool, Vec<u8>, Vec<u8>) {
+    out: &Rc<Outgoing>,
+) -> bool {
     if mode != Mode::Codec {
-        let (sent, buf) = send_all(fd, buf, n).await;
-        return (sent, buf, out);
+        return send(fd, data, out).await;
     }
-    let rewritten = buf
-        .get(..n)
-        .and_then(|data| heads.rewrite(data, from_client, &mut out));
-    if rewritten.is_none() {
+    let mut rewritten = take();
+    let whole = heads.rewrite(&data, from_client, &mut rewritten).is_some();
+    give(data);
+    if !whole {
+        give(rewritten);
         eprintln!("ringgate-floor: a head not whole in one read or refused by the codec");
-        return (false, buf, out);
+        return false;
     }
-    let len = out.len();
-    let (sent, out) = send_all(fd, out, len).await;
-    (sent, buf, out)
+    send(fd, rewritten, out).await
 }
