@@ -241,7 +241,7 @@ impl Drop for Op {
 /// Puts one entry on the submission queue, submitting first if it is full.
 fn push(ring: &mut IoUring, entry: &squeue::Entry) -> io::Result<()> {
     // SAFETY: every buffer an entry points at is owned by its `Op` until the completion, or by
-    // the slot (`Slot::Orphan`) once the `Op` is dropped.
+    // the slot (`Slot::Orphan`, once the `Op` is dropped; `Slot::Detached`, for a send).
     while unsafe { ring.submission().push(entry) }.is_err() {
         ring.submit()?;
     }
