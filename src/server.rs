@@ -473,6 +473,7 @@ fn bind(
                 let copy = socket
                     .try_clone()
                     .and_then(|c| c.set_nonblocking(true).map(|()| c))
+                    .and_then(|c| socket2::SockRef::from(&c).set_nodelay(true).map(|()| c))
                     .map_err(|source| ServerError::Bind { addr, source })?;
                 listeners.push(copy);
             }
@@ -554,7 +555,27 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
+    // Accepted connections inherit it (Linux copies the listener's TCP state into each
+    // child): one setsockopt per listener instead of one per connection.
+    socket.set_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_connections_inherit_nodelay() {
+        let listener = reuseport_listener(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(
+            accepted.nodelay().unwrap(),
+            "TCP_NODELAY is per connection again"
+        );
+    }
 }

@@ -122,9 +122,9 @@ async fn next_connection(
     loop {
         // SAFETY: the listener owns this descriptor and outlives the borrow.
         let fd = unsafe { BorrowedFd::borrow_raw(listener.as_raw_fd()) };
-        match SockRef::from(&fd).accept() {
+        // Non-blocking from accept4 itself: two fcntl calls fewer per connection.
+        match SockRef::from(&fd).accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) {
             Ok((socket, peer)) => {
-                socket.set_nonblocking(true)?;
                 let peer = peer
                     .as_socket()
                     .ok_or_else(|| io::Error::other("accepted a non-IP connection"))?;
