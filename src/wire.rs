@@ -41,10 +41,16 @@ impl Wire {
     /// `direct_sends`: on the epoll driver, where it saves monoio's op bookkeeping per send;
     /// on io_uring it costs more than it saves (see [`Wire::send_plain`]).
     pub fn new(stream: TcpStream, capacity: usize, direct_sends: bool) -> Wire {
+        Wire::with_buffer(stream, Vec::with_capacity(capacity), direct_sends)
+    }
+
+    /// As [`Wire::new`], receiving into `buf` (empty), which [`Wire::into_buffer`] gives back.
+    pub fn with_buffer(stream: TcpStream, buf: Vec<u8>, direct_sends: bool) -> Wire {
+        debug_assert!(buf.is_empty());
         Wire {
             direct_sends,
             stream,
-            buf: Vec::with_capacity(capacity),
+            buf,
             start: 0,
             received: 0,
             sent: 0,
@@ -79,12 +85,29 @@ impl Wire {
         self.tls.as_ref().is_some_and(|t| t.resumed())
     }
 
+    /// Makes the plain sends from now on try `send(2)` from the task first, as on epoll: for
+    /// the last answer on a connection, so that [`Wire::fin`] follows its bytes at once
+    /// rather than a driver round later.
+    pub fn last_answer(&mut self) {
+        self.direct_sends = true;
+    }
+
     /// Says goodbye on a TLS connection (close_notify), waiting at most `patience` for the
     /// client to take it; a plain connection just closes when dropped.
     pub async fn close(&mut self, patience: std::time::Duration) {
         if let Some(tls) = &mut self.tls {
             let _ = monoio::time::timeout(patience, tls.close(&mut self.stream)).await;
         }
+    }
+
+    /// Sends our FIN now, ahead of the close that dropping the stream does: on io_uring that
+    /// close is an operation submitted with the worker's next batch, and a client that
+    /// closes as soon as it has read the answer gets there first. The TIME_WAIT is then the
+    /// client's, whose next connect has to find a port among them (docs/performance.md,
+    /// twelfth pass). nginx, and ringgate on epoll, close first.
+    pub fn fin(&self) {
+        // SAFETY: the stream owns this descriptor; shutdown(2) does not close it.
+        unsafe { libc::shutdown(self.stream.as_raw_fd(), libc::SHUT_WR) };
     }
 
     /// Bytes received and sent since the last call.
@@ -105,6 +128,13 @@ impl Wire {
             self.buf.clear();
             self.start = 0;
         }
+    }
+
+    /// Closes the connection (as dropping it does) and returns its receive buffer, emptied.
+    pub fn into_buffer(self) -> Vec<u8> {
+        let mut buf = self.buf;
+        buf.clear();
+        buf
     }
 
     /// Puts `other` in place of the receive buffer, the unconsumed bytes moved into it, and

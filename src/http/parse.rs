@@ -409,6 +409,10 @@ pub struct RequestHead {
 
 impl RequestHead {
     pub fn new(limits: &Limits) -> RequestHead {
+        RequestHead::with_fields(Fields::with_capacity(limits.max_headers))
+    }
+
+    fn with_fields(fields: Fields) -> RequestHead {
         RequestHead {
             method: Method::Get,
             method_span: Span::default(),
@@ -417,9 +421,17 @@ impl RequestHead {
             path: Span::default(),
             authority: Span::default(),
             version: Version::Http11,
-            fields: Fields::with_capacity(limits.max_headers),
+            fields,
             len: 0,
         }
+    }
+
+    /// Makes this head as [`RequestHead::new`] makes one, keeping the room for its fields:
+    /// for the next connection to use.
+    pub fn recycle(&mut self) {
+        let mut fields = std::mem::replace(&mut self.fields, Fields::with_capacity(0));
+        fields.clear();
+        *self = RequestHead::with_fields(fields);
     }
 
     /// Parses the request head at the start of `buf`.
@@ -585,13 +597,24 @@ pub struct ResponseHead {
 
 impl ResponseHead {
     pub fn new(limits: &Limits) -> ResponseHead {
+        ResponseHead::with_fields(Fields::with_capacity(limits.max_headers))
+    }
+
+    fn with_fields(fields: Fields) -> ResponseHead {
         ResponseHead {
             version: Version::Http11,
             status: 0,
             reason: Span::default(),
-            fields: Fields::with_capacity(limits.max_headers),
+            fields,
             len: 0,
         }
+    }
+
+    /// Makes this head as [`ResponseHead::new`] makes one, keeping the room for its fields.
+    pub fn recycle(&mut self) {
+        let mut fields = std::mem::replace(&mut self.fields, Fields::with_capacity(0));
+        fields.clear();
+        *self = ResponseHead::with_fields(fields);
     }
 
     /// Parses the response head at the start of `buf`.

@@ -125,6 +125,25 @@ impl Scratch {
             upstream_wait: Deadline::default(),
         }
     }
+
+    /// Makes this scratch as [`Scratch::new`] makes one, keeping the buffers' room: for the
+    /// next connection to use. The upstream timer goes: it holds this connection's waker.
+    pub fn recycle(&mut self) {
+        for buf in [
+            &mut self.out,
+            &mut self.reply,
+            &mut self.chunk,
+            &mut self.extra,
+            &mut self.request,
+            &mut self.request_id,
+            &mut self.upstream_extra,
+        ] {
+            buf.clear();
+        }
+        self.response.recycle();
+        self.upstream_wait = Deadline::default();
+        self.served = Served::default();
+    }
 }
 
 /// Everything an exchange needs to know about its client connection.

@@ -17,6 +17,7 @@ use crate::http::{encode, RequestHead, Version};
 use crate::proxy::{self, Admit, ClientSide, Next, Scratch};
 use crate::tls::session::{self, Session};
 use crate::wire::Wire;
+use crate::worker::spares::{self, Kit};
 use crate::worker::Worker;
 
 /// How long a closing TLS connection waits to hand the client its close_notify: the client
@@ -32,7 +33,6 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr, tls: bool
     let mut drained = w.drain.started(w.next_conn_id());
     // Likewise the timer for the client's next head: moved, not re-made, per request.
     let mut wait = Deadline::default();
-    let _ = stream.set_nodelay(true);
     let (limits, header_timeout, keepalive, acceptor) = {
         let snap = w.snapshot();
         let server = &snap.config.server;
@@ -44,24 +44,32 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr, tls: bool
             if tls { snap.tls.clone() } else { None },
         )
     };
+    let mut kit = w.spares.take(&limits);
     let mut client = if tls {
         match handshake(&w, stream, peer, acceptor, header_timeout).await {
             Some(wire) => wire,
-            None => return,
+            None => {
+                w.spares.give_back(kit);
+                return;
+            }
         }
     } else {
-        Wire::new(stream, Wire::CAPACITY, w.direct_sends())
+        Wire::with_buffer(stream, std::mem::take(&mut kit.buf), w.direct_sends())
     };
-    let mut head = RequestHead::new(&limits);
-    let mut scratch = Scratch::new(&limits);
-    let addr = peer.ip().to_string().into_bytes();
+    let Kit {
+        head,
+        scratch,
+        addr,
+        ..
+    } = &mut *kit;
+    spares::write_ip(peer.ip(), addr);
     let mut pending = Pending::default();
     let mut fresh = true;
     let upgraded = loop {
         let admitted = proxy::admit(
             &w,
             &mut client,
-            &mut head,
+            head,
             fresh,
             &mut drained,
             &mut wait,
@@ -74,30 +82,33 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr, tls: bool
             Admit::Head => {}
             Admit::Closed => break None,
             Admit::Reject(e) => {
-                refuse(&w, &mut client, &addr, e).await;
+                refuse(&w, &mut client, addr, e).await;
                 break None;
             }
         }
         fresh = false;
+        if !head.keep_alive() {
+            client.last_answer();
+        }
         let started = w.now();
         let logging = w.log.borrow().is_some();
         if logging {
-            pending.capture(client.data(), &head);
+            pending.capture(client.data(), head);
         }
         let side = ClientSide {
             wire: &mut client,
-            head: &head,
-            addr: &addr,
+            head,
+            addr,
             ip: peer.ip(),
         };
-        let next = proxy::handle(&w, side, &mut scratch).await;
+        let next = proxy::handle(&w, side, scratch).await;
         // Also the time the next keep-alive read's deadline counts from (`Worker::recent`).
         let took = w.now().saturating_duration_since(started);
         w.metrics.observe(took);
         let (received, sent) = client.take_counts();
         w.metrics.bytes(received, sent);
         if logging {
-            pending.record(&w, &addr, &scratch, took);
+            pending.record(&w, addr, scratch, took);
         }
         match next {
             Next::KeepAlive => {}
@@ -107,8 +118,15 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr, tls: bool
     };
     match upgraded {
         Some(upstream) => tunnel(client, upstream).await,
-        None => client.close(CLOSE_NOTIFY_WAIT).await,
+        None => {
+            client.close(CLOSE_NOTIFY_WAIT).await;
+            if w.closes_late() {
+                client.fin();
+            }
+            kit.buf = client.into_buffer();
+        }
     }
+    w.spares.give_back(kit);
 }
 
 /// Runs the TLS handshake within `header_timeout` (the slowloris bound for heads applies to

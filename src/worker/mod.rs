@@ -6,6 +6,7 @@
 pub mod accept;
 pub mod conn;
 pub mod drain;
+pub mod spares;
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -42,6 +43,8 @@ pub struct Worker {
     pub pool: Pool,
     /// Large receive buffers lent to connections relaying large bodies.
     pub buffers: Buffers,
+    /// Buffers, heads and scratch of closed connections, for the next ones.
+    pub spares: spares::Spares,
     pub metrics: Metrics,
     pub drain: Drain,
     next_conn: Cell<u64>,
@@ -75,6 +78,12 @@ impl Worker {
         self.driver == RunningDriver::Epoll
     }
 
+    /// Whether dropping a stream closes it only with the next batch of operations (io_uring),
+    /// so that a connection we end wants its FIN sent first ([`Wire::fin`](crate::wire::Wire::fin)).
+    pub fn closes_late(&self) -> bool {
+        self.driver == RunningDriver::IoUring
+    }
+
     pub fn new(
         id: usize,
         workers: usize,
@@ -100,6 +109,7 @@ impl Worker {
             current: RefCell::new(current),
             pool: Pool::default(),
             buffers: Buffers::default(),
+            spares: spares::Spares::default(),
             metrics: Metrics::default(),
             drain: Drain::default(),
             next_conn: Cell::new(1),
