@@ -126,9 +126,13 @@ impl Scratch {
         }
     }
 
-    /// Makes this scratch as [`Scratch::new`] makes one, keeping the buffers' room: for the
-    /// next connection to use. The upstream timer goes: it holds this connection's waker.
+    /// Makes this scratch as [`Scratch::new`] makes one, keeping the buffers' room up to
+    /// 16 KiB each: for the next connection to use. A buffer a large head grew (up to
+    /// `max_head`) is cut back, so that a worker's spare scratches do not keep what a few
+    /// clients made them hold. The upstream timer goes: it holds this connection's waker.
     pub fn recycle(&mut self) {
+        /// The largest room a new scratch has (`chunk`'s).
+        const KEEP: usize = 16 * 1024 + 32;
         for buf in [
             &mut self.out,
             &mut self.reply,
@@ -139,6 +143,7 @@ impl Scratch {
             &mut self.upstream_extra,
         ] {
             buf.clear();
+            buf.shrink_to(KEEP);
         }
         self.response.recycle();
         self.upstream_wait = Deadline::default();

@@ -11,8 +11,9 @@ use crate::proxy::Scratch;
 use crate::wire::Wire;
 
 /// How many a worker keeps: each is about 45 KiB (two 16 KiB buffers, two heads' room for
-/// `max_headers` fields, smaller buffers), so at most about 3 MiB per worker stay allocated
-/// after a burst of connections.
+/// `max_headers` fields, smaller buffers), so about 3 MiB per worker stay allocated after a
+/// burst of connections; at most about 8 MiB if clients sent heads near `max_head` (a spare
+/// keeps no buffer over 16 KiB).
 pub const SPARE_MAX: usize = 64;
 
 /// The longest IP address in text (IPv6 with an embedded IPv4 address).
@@ -127,12 +128,16 @@ mod tests {
         let mut kit = spares.take(&limits);
         kit.buf.extend_from_slice(b"GET / HTTP/1.1\r\n");
         kit.scratch.out.extend_from_slice(b"x");
+        // As a head near `max_head` leaves them.
+        kit.buf.reserve(64 * 1024);
+        kit.scratch.request.reserve(64 * 1024);
         kit.scratch.served.status = 200;
         kit.addr.extend_from_slice(b"127.0.0.1");
         spares.give_back(kit);
         let kit = spares.take(&limits);
-        assert!(kit.buf.is_empty() && kit.buf.capacity() >= Wire::CAPACITY);
+        assert!(kit.buf.is_empty() && kit.buf.capacity() == Wire::CAPACITY);
         assert!(kit.scratch.out.is_empty() && kit.addr.is_empty());
+        assert!(kit.scratch.request.capacity() <= 16 * 1024 + 32);
         assert_eq!(kit.scratch.served.status, 0);
         let kits: Vec<_> = (0..SPARE_MAX + 5).map(|_| spares.take(&limits)).collect();
         for kit in kits {
