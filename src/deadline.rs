@@ -31,6 +31,12 @@ pub struct Deadline {
 }
 
 impl Deadline {
+    /// Whether a timer was made (and so holds the waker of the task that last polled it).
+    #[cfg(test)]
+    pub fn has_timer(&self) -> bool {
+        self.timer.is_some()
+    }
+
     /// Runs `read` until it completes (`Some`) or `at` passes first (`None`). A completed read
     /// wins over a deadline that passed while it was pending. The caller pins the read where
     /// it stands: a read future is large (a TLS read's state is in it), and this saves a copy.

@@ -133,21 +133,34 @@ impl Scratch {
     pub fn recycle(&mut self) {
         /// The largest room a new scratch has (`chunk`'s).
         const KEEP: usize = 16 * 1024 + 32;
+        // Every field by name: one added later must be reset here too, or the compiler says so.
+        let Scratch {
+            out,
+            reply,
+            chunk,
+            extra,
+            request,
+            request_id,
+            upstream_extra,
+            response,
+            upstream_wait,
+            served,
+        } = self;
         for buf in [
-            &mut self.out,
-            &mut self.reply,
-            &mut self.chunk,
-            &mut self.extra,
-            &mut self.request,
-            &mut self.request_id,
-            &mut self.upstream_extra,
+            out,
+            reply,
+            chunk,
+            extra,
+            request,
+            request_id,
+            upstream_extra,
         ] {
             buf.clear();
             buf.shrink_to(KEEP);
         }
-        self.response.recycle();
-        self.upstream_wait = Deadline::default();
-        self.served = Served::default();
+        response.recycle();
+        *upstream_wait = Deadline::default();
+        *served = Served::default();
     }
 }
 

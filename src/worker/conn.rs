@@ -44,16 +44,20 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, peer: SocketAddr, tls: bool
             if tls { snap.tls.clone() } else { None },
         )
     };
-    let mut kit = w.spares.take(&limits);
+    let mut kit;
     let mut client = if tls {
-        match handshake(&w, stream, peer, acceptor, header_timeout).await {
-            Some(wire) => wire,
-            None => {
-                w.spares.give_back(kit);
-                return;
-            }
-        }
+        // The kit waits for the handshake: a connection that never completes one holds only
+        // what the handshake needs.
+        let Some(mut wire) = handshake(&w, stream, peer, acceptor, header_timeout).await else {
+            return;
+        };
+        kit = w.spares.take(&limits);
+        // The handshake read into a buffer of its own; the kit's takes its place, so that the
+        // connection holds one, and the kit gets it back at the close.
+        drop(wire.swap_buffer(std::mem::take(&mut kit.buf)));
+        wire
     } else {
+        kit = w.spares.take(&limits);
         Wire::with_buffer(stream, std::mem::take(&mut kit.buf), w.direct_sends())
     };
     let Kit {

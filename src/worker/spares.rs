@@ -121,6 +121,52 @@ mod tests {
         )));
     }
 
+    /// A kit that served an exchange comes back as a new one, but for its room.
+    #[test]
+    fn a_recycled_kit_is_a_fresh_one() {
+        let limits = Limits::default();
+        let fresh = Kit {
+            buf: Vec::new(),
+            head: RequestHead::new(&limits),
+            scratch: Scratch::new(&limits),
+            addr: Vec::new(),
+        };
+        let spares = Spares::default();
+        let mut kit = spares.take(&limits);
+        let request =
+            b"POST /a?b HTTP/1.0\r\nHost: x\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\n";
+        kit.head.parse(request, &limits).unwrap();
+        let response = b"HTTP/1.1 404 Gone\r\nTransfer-Encoding: chunked\r\nUpgrade: x\r\n\r\n";
+        kit.scratch.response.parse(response, &limits).unwrap();
+        kit.buf.extend_from_slice(request);
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let never = std::pin::pin!(std::future::pending::<()>());
+            let done = kit
+                .scratch
+                .upstream_wait
+                .within(std::time::Instant::now(), never)
+                .await;
+            assert!(done.is_none());
+        });
+        assert!(kit.scratch.upstream_wait.has_timer());
+        spares.give_back(kit);
+        let kit = spares.take(&limits);
+        assert!(kit.buf.is_empty() && kit.buf.capacity() == Wire::CAPACITY);
+        assert_eq!(format!("{:?}", kit.head), format!("{:?}", fresh.head));
+        assert_eq!(
+            format!("{:?}", kit.scratch.response),
+            format!("{:?}", fresh.scratch.response)
+        );
+        assert!(
+            !kit.scratch.upstream_wait.has_timer(),
+            "the last task's waker stayed"
+        );
+    }
+
     #[test]
     fn a_kit_comes_back_empty_and_the_spares_are_bounded() {
         let spares = Spares::default();
