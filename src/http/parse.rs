@@ -300,6 +300,13 @@ impl Fields {
         }
     }
 
+    /// These fields, cleared, taken out for a new head; an empty table with no room is left.
+    fn recycled(&mut self) -> Fields {
+        let mut fields = std::mem::replace(self, Fields::with_capacity(0));
+        fields.clear();
+        fields
+    }
+
     fn clear(&mut self) {
         self.headers.clear();
         self.host = None;
@@ -429,9 +436,7 @@ impl RequestHead {
     /// Makes this head as [`RequestHead::new`] makes one, keeping the room for its fields:
     /// for the next connection to use.
     pub fn recycle(&mut self) {
-        let mut fields = std::mem::replace(&mut self.fields, Fields::with_capacity(0));
-        fields.clear();
-        *self = RequestHead::with_fields(fields);
+        *self = RequestHead::with_fields(self.fields.recycled());
     }
 
     /// Parses the request head at the start of `buf`.
@@ -612,9 +617,7 @@ impl ResponseHead {
 
     /// Makes this head as [`ResponseHead::new`] makes one, keeping the room for its fields.
     pub fn recycle(&mut self) {
-        let mut fields = std::mem::replace(&mut self.fields, Fields::with_capacity(0));
-        fields.clear();
-        *self = ResponseHead::with_fields(fields);
+        *self = ResponseHead::with_fields(self.fields.recycled());
     }
 
     /// Parses the response head at the start of `buf`.

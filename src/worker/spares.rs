@@ -1,8 +1,8 @@
 //! The worker's spare connection state: a receive buffer, a request head, the exchange
 //! scratch and the client address text, handed to each connection it accepts and taken back
-//! when that connection closes. Made fresh, they were ten allocations and frees per
-//! connection and a quarter of the instructions a `Connection: close` request cost
-//! (docs/performance.md, twelfth pass).
+//! when that connection closes. Made fresh, they were eleven allocations and frees per
+//! connection, and with the address text's formatting a third of the instructions a
+//! `Connection: close` request cost (docs/performance.md, twelfth pass).
 
 use std::cell::RefCell;
 
