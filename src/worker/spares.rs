@@ -61,11 +61,9 @@ impl Spares {
         if kits.len() >= SPARE_MAX {
             return;
         }
-        if kit.buf.capacity() > Wire::CAPACITY {
-            // Grown for a large head: the next connection gets one of the usual size.
-            kit.buf = Vec::new();
-        }
         kit.buf.clear();
+        // Grown for a large head: the next connection gets one of the usual size.
+        kit.buf.shrink_to(Wire::CAPACITY);
         kit.head.recycle();
         kit.scratch.recycle();
         kit.addr.clear();
@@ -139,6 +137,8 @@ mod tests {
         let response = b"HTTP/1.1 404 Gone\r\nTransfer-Encoding: chunked\r\nUpgrade: x\r\n\r\n";
         kit.scratch.response.parse(response, &limits).unwrap();
         kit.buf.extend_from_slice(request);
+        // As a head near `max_head` grows it: the spare keeps the usual size only.
+        kit.buf.reserve(64 * 1024);
         let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .enable_timer()
             .build()
